@@ -1,0 +1,150 @@
+//! `cargo ci`: the Conveyor matrix and the collection's test entry point.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, ensure};
+use clap::{Args, Parser, Subcommand};
+use conveyor_ci::matrix::{Matrix, Selection};
+use conveyor_ci::runner::{Runner, Verdict};
+use conveyor_ci::{default_work_dir, repo_root, tools};
+
+/// Generates every combination of the Conveyor templates and tests each one.
+#[derive(Parser)]
+#[command(name = "cargo ci")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Everything CI runs: install cargo-generate if needed, the collection's
+    /// own tests, then the full matrix.
+    Test(WorkDir),
+    /// Runs the matrix, or a part of it.
+    Matrix {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Ids of single combinations to run (see `list`); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Stop at the first failing combination.
+        #[arg(long)]
+        fail_fast: bool,
+        #[command(flatten)]
+        work_dir: WorkDir,
+    },
+    /// Lists the combinations of the matrix.
+    List {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// One JSON array of {"id", "template"} objects, for the GitHub workflow.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generates one template with its defaults, runs it and prints its report.
+    Try {
+        /// Template name, e.g. mpsc-fan-in.
+        template: String,
+        #[command(flatten)]
+        work_dir: WorkDir,
+        /// Arguments for the service, after `--`.
+        #[arg(last = true)]
+        service_args: Vec<String>,
+    },
+    /// Installs the pinned cargo-generate if it is missing.
+    InstallTools,
+}
+
+#[derive(Args)]
+struct SelectionArgs {
+    /// Only this template.
+    #[arg(long)]
+    template: Option<String>,
+    /// Only the all-defaults combination of each template.
+    #[arg(long)]
+    defaults_only: bool,
+}
+
+#[derive(Args)]
+struct WorkDir {
+    /// Where projects, the shared target dir and logs go (outside the repository).
+    #[arg(long, env = "CONVEYOR_WORK_DIR", default_value_os_t = default_work_dir())]
+    work_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `task`; `Ok(false)` means it ran and something failed.
+fn run(task: Task) -> Result<bool> {
+    let repo = repo_root();
+    let matrix = Matrix::load(repo)?;
+    match task {
+        Task::List { selection, json } => {
+            let combinations = matrix.combinations(&selection.into_selection(Vec::new()))?;
+            if json {
+                let rows: Vec<_> = combinations
+                    .iter()
+                    .map(|c| serde_json::json!({ "id": c.id(), "template": c.template }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                combinations.iter().for_each(|c| println!("{c}"));
+            }
+            Ok(true)
+        }
+        Task::InstallTools => tools::ensure_cargo_generate(&matrix.cargo_generate_version).map(|()| true),
+        Task::Matrix { selection, only, fail_fast, work_dir } => {
+            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+            let combinations = matrix.combinations(&selection.into_selection(only))?;
+            run_matrix(&matrix, &combinations, &work_dir.work_dir, fail_fast)
+        }
+        Task::Test(work_dir) => {
+            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+            println!("== the collection's own tests (cargo test)");
+            let status = Command::new("cargo").args(["test", "--locked"]).current_dir(repo).status()?;
+            ensure!(status.success(), "the collection's own tests failed");
+            println!("== the matrix");
+            let combinations = matrix.combinations(&Selection::default())?;
+            run_matrix(&matrix, &combinations, &work_dir.work_dir, false)
+        }
+        Task::Try { template, work_dir, service_args } => {
+            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+            let runner = Runner::new(&matrix, repo, &work_dir.work_dir, true)?;
+            let combination = matrix.template(&template)?.defaults();
+            let parent = work_dir.work_dir.join("try");
+            let log = work_dir.work_dir.join("logs").join(format!("try-{template}-generate.log"));
+            let project = runner.generate(&combination, &parent, &log).with_context(|| format!("see {}", log.display()))?;
+            println!("generated {} with the template defaults; running it:", project.display());
+            let status = Command::new("cargo")
+                .args(["run", "--release", "--quiet", "--"])
+                .args(&service_args)
+                .current_dir(&project)
+                .env("CARGO_TARGET_DIR", runner.target_dir())
+                .status()?;
+            println!("the project stays at {}; edit src/workload.rs to make it yours", project.display());
+            Ok(status.success())
+        }
+    }
+}
+
+fn run_matrix(matrix: &Matrix, combinations: &[conveyor_ci::matrix::Combination], work_dir: &std::path::Path, fail_fast: bool) -> Result<bool> {
+    let outcomes = Runner::new(matrix, repo_root(), work_dir, fail_fast)?.run(combinations)?;
+    Ok(outcomes.iter().all(|o| !matches!(o.verdict, Verdict::Failed { .. })))
+}
+
+impl SelectionArgs {
+    fn into_selection(self, only: Vec<String>) -> Selection {
+        Selection { template: self.template, defaults_only: self.defaults_only, only }
+    }
+}

@@ -1,0 +1,14 @@
+//! A service built around an mpsc fan-in: many async producers, one bounded
+//! `tokio::sync::mpsc` channel, one consumer.
+//!
+//! Where things live:
+//! - [`workload`]: your item type and handler; the one module to edit.
+//! - [`pipeline`]: the topology (tasks, channel, draining on shutdown).
+//! - [`config`], [`telemetry`], [`shutdown`], [`report`]: the service chassis.
+
+pub mod config;
+pub mod pipeline;
+pub mod report;
+pub mod shutdown;
+pub mod telemetry;
+pub mod workload;

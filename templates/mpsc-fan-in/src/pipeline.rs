@@ -1,0 +1,237 @@
+//! The topology: `--producers` tasks feed one bounded `tokio::sync::mpsc`
+//! channel, and a single consumer task drains it.
+//!
+//! ```text
+//! producer 0 ─┐
+//! producer 1 ─┼─▶ [ mpsc, capacity N ] ─▶ consumer ─▶ Workload::handle
+//! producer … ─┘
+//! ```
+//!
+//! The run ends when every producer has finished and the consumer has drained
+//! the channel, or, after cancellation, when the producers have stopped and the
+//! consumer has drained what was already queued.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::report::{self, Counters, Report};
+
+/// The name this topology reports itself under.
+pub const TOPOLOGY: &str = "mpsc-fan-in";
+
+/// How many items the consumer takes out of the channel at once.
+pub const RECV_BATCH: usize = {% if batching %}256{% else %}1{% endif %};
+
+/// The most items the consumer holds outside the channel at any moment. Items
+/// in flight never exceed `capacity + MAX_HELD_BY_CONSUMER`.
+pub const MAX_HELD_BY_CONSUMER: usize = RECV_BATCH;
+
+/// Producers look at the cancellation token at least once per this many items,
+/// even when the channel never makes them wait.
+const CANCEL_CHECK_EVERY: u64 = 64;
+
+/// Flags of this topology. A fan-in has one consumer, so it adds none.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopologyArgs {}
+
+/// What the pipeline needs from the code it carries. Implemented by
+/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
+pub trait Workload: Send + Sync + 'static {
+    /// One unit of work travelling through the channel.
+    type Item: Send + 'static;
+
+    /// Creates item number `seq`. Each `seq` below `--items` is produced
+    /// exactly once, by one of the producers. It runs while holding a free
+    /// channel slot, so keep it cheap.
+    fn produce(&self, seq: u64) -> Self::Item;
+
+    /// Handles one item. An error is counted and logged, and the pipeline
+    /// goes on with the next item.
+    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Runs the pipeline until all `config.items` are handled or `shutdown` is
+/// cancelled and the queued items are drained.
+pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+    let started = Instant::now();
+    let workload = Arc::new(workload);
+    let counters = Arc::new(Counters::new(config.producers, 1));
+    // A panicking producer stops the others through this child token without
+    // cancelling the caller's token.
+    let stop = shutdown.child_token();
+    let (tx, rx) = mpsc::channel::<W::Item>(config.capacity);
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        producers = config.producers,
+        capacity = config.capacity,
+        items = config.items,
+        "pipeline started"
+    );
+
+    let producers: Vec<JoinHandle<()>> = (0..config.producers)
+        .map(|id| {
+            let producer = Producer {
+                id,
+                stride: config.producers as u64,
+                items: config.items,
+                tx: tx.clone(),
+                workload: Arc::clone(&workload),
+                counters: Arc::clone(&counters),
+                stop: stop.clone(),
+            };
+            tracker.spawn(
+                producer
+                    .run()
+                    .instrument(tracing::info_span!("producer", id)),
+            )
+        })
+        .collect();
+    // The consumer sees the end of input only when every `Sender` is gone. The
+    // producers own clones; this original must go now, or the consumer would
+    // wait forever for items that never come.
+    drop(tx);
+
+    let consumer = tracker.spawn(
+        consume(rx, workload, Arc::clone(&counters)).instrument(tracing::info_span!("consumer")),
+    );
+    let done = CancellationToken::new();
+    if let Some(every) = config.progress_interval() {
+        tracker.spawn(report::log_progress(
+            Arc::clone(&counters),
+            every,
+            done.clone(),
+        ));
+    }
+    tracker.close();
+
+    let mut panicked_tasks = 0;
+    for producer in producers {
+        panicked_tasks += usize::from(joined_with_panic(producer.await, "producer"));
+    }
+    panicked_tasks += usize::from(joined_with_panic(consumer.await, "consumer"));
+    done.cancel();
+    tracker.wait().await;
+
+    let cancelled = shutdown.is_cancelled();
+    let report = Report::new(
+        TOPOLOGY,
+        counters.totals(),
+        counters.peak_queue_depth(),
+        started,
+        panicked_tasks,
+        cancelled,
+    );
+    tracing::info!(
+        produced = report.produced,
+        handled = report.handled,
+        failed = report.failed,
+        "pipeline finished"
+    );
+    report
+}
+
+/// One source task and everything it needs.
+struct Producer<W: Workload> {
+    id: usize,
+    stride: u64,
+    items: u64,
+    tx: mpsc::Sender<W::Item>,
+    workload: Arc<W>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl<W: Workload> Producer<W> {
+    /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
+    /// is reached, the run is cancelled or the consumer is gone.
+    async fn run(self) {
+        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
+        let slot = self.counters.producer(self.id);
+        let mut cancelled = pin!(self.stop.cancelled());
+        let mut produced = 0u64;
+        let mut seq = self.id as u64;
+        while self.items == 0 || seq < self.items {
+            if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
+                break;
+            }
+            // Wait for a free slot before the item exists. Racing `send(item)`
+            // against cancellation would drop the item whenever cancellation
+            // won; a permit holds no item, so losing the race loses nothing.
+            // `biased` polls the permit first: cancellation (which takes a lock
+            // to poll) is only looked at while the channel is full.
+            let permit = tokio::select! {
+                biased;
+                permit = self.tx.reserve() => match permit {
+                    Ok(permit) => permit,
+                    Err(_consumer_gone) => break,
+                },
+                () = &mut cancelled => break,
+            };
+            permit.send(self.workload.produce(seq));
+            produced += 1;
+            slot.publish(produced);
+            seq += self.stride;
+        }
+        tracing::debug!(produced, "producer finished");
+    }
+}
+
+/// Drains the channel until every producer is gone and it is empty.
+///
+/// The consumer never looks at cancellation: producers stop, their senders
+/// drop, and `recv` returns `None` once the queued items are handled. That is
+/// what makes shutdown a drain rather than a loss.
+async fn consume<W: Workload>(
+    mut rx: mpsc::Receiver<W::Item>,
+    workload: Arc<W>,
+    counters: Arc<Counters>,
+) {
+    let slot = counters.worker(0);
+    let (mut handled, mut failed) = (0u64, 0u64);
+    let mut batch = Vec::with_capacity(RECV_BATCH);
+    while rx.recv_many(&mut batch, RECV_BATCH).await > 0 {
+        counters.observe_queue_depth(rx.len() + batch.len());
+        for item in batch.drain(..) {
+            match workload.handle(item).await {
+                Ok(()) => handled += 1,
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(error = format!("{error:#}"), "item failed");
+                }
+            }
+        }
+        slot.publish(handled, failed);
+    }
+}
+
+/// Logs a task's panic and says whether there was one.
+fn joined_with_panic(result: Result<(), tokio::task::JoinError>, task: &str) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(error) => {
+            tracing::error!(task, %error, "pipeline task panicked");
+            true
+        }
+    }
+}
+
+/// Cancels the run when dropped during a panic, so one failing producer stops
+/// the rest instead of leaving them running until their quota is done.
+struct StopOnPanic(CancellationToken);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.cancel();
+        }
+    }
+}

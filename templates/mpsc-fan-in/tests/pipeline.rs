@@ -1,0 +1,305 @@
+//! The pipeline's guarantees, proven on the real `pipeline::run` with a
+//! workload that records what actually happened to every item.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use clap::Parser;
+use {{crate_name}}::config::Config;
+use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
+use {{crate_name}}::report::Report;
+use proptest::prelude::*;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Calls to `produce`: the ground truth of how many items exist.
+    produced: AtomicU64,
+    /// Calls to `handle` that returned, successfully or not.
+    finished: AtomicU64,
+    /// Wrapping sum of `mix(seq)` over every handled item. Duplicates or
+    /// omissions change it, whatever the order of handling.
+    checksum: AtomicU64,
+    /// The most items produced but not yet finished at any moment.
+    max_in_flight: AtomicU64,
+}
+
+/// A test workload: items are sequence numbers; handling can be slow, fail or
+/// panic on request.
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    seen: Arc<Observed>,
+    work: Duration,
+    fail_every: Option<u64>,
+    panic_at: Option<u64>,
+}
+
+impl Workload for Probe {
+    type Item = u64;
+
+    fn produce(&self, seq: u64) -> u64 {
+        let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
+        // On a multi-thread runtime other items may finish between the two
+        // reads, so this can only underestimate; the bound check stays sound.
+        let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
+        self.seen.max_in_flight.fetch_max(in_flight, SeqCst);
+        seq
+    }
+
+    async fn handle(&self, seq: u64) -> anyhow::Result<()> {
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+        if self.panic_at == Some(seq) {
+            panic!("test handler panics on item {seq}");
+        }
+        self.seen.finished.fetch_add(1, SeqCst);
+        if self
+            .fail_every
+            .is_some_and(|every| seq.is_multiple_of(every))
+        {
+            anyhow::bail!("test handler rejects item {seq}");
+        }
+        self.seen.checksum.fetch_add(mix(seq), SeqCst);
+        Ok(())
+    }
+}
+
+/// SplitMix64's finaliser: spreads sequence numbers over all 64 bits so that
+/// a sum of them is a good order-independent checksum.
+fn mix(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn config(producers: usize, capacity: usize, items: u64) -> Config {
+    Config::try_parse_from([
+        "test".to_owned(),
+        format!("--producers={producers}"),
+        format!("--capacity={capacity}"),
+        format!("--items={items}"),
+        "--progress-secs=0".to_owned(),
+    ])
+    .expect("valid test configuration")
+}
+
+async fn run(config: &Config, probe: &Probe) -> Report {
+    pipeline::run(config, probe.clone(), CancellationToken::new()).await
+}
+
+proptest! {
+    // Failure files need a `src/` next to the test; integration tests have
+    // none, so proptest prints the failing case instead.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Every produced item is handled once and only once, for any number of
+    /// producers, any capacity down to 1, and both runtime flavors.
+    #[test]
+    fn every_item_is_handled_exactly_once(
+        producers in 1usize..=8,
+        capacity in 1usize..=64,
+        items in 1u64..=3_000,
+        multi_thread in any::<bool>(),
+    ) {
+        let runtime = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build()
+        } else {
+            tokio::runtime::Builder::new_current_thread().enable_time().build()
+        }
+        .unwrap();
+        let probe = Probe::default();
+        let report = runtime.block_on(run(&config(producers, capacity, items), &probe));
+
+        prop_assert_eq!(report.produced, items);
+        prop_assert_eq!(report.handled, items);
+        prop_assert_eq!(report.failed, 0);
+        prop_assert_eq!(probe.seen.produced.load(SeqCst), items);
+        let expected = (0..items).map(mix).fold(0u64, u64::wrapping_add);
+        prop_assert_eq!(probe.seen.checksum.load(SeqCst), expected);
+    }
+}
+
+/// The run ends on its own once the producers are done. If any `Sender`
+/// outlived them (the classic forgotten `drop(tx)`), the consumer would wait
+/// forever and the timeout would fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_by_itself_when_producers_finish() {
+    let probe = Probe::default();
+    let mut config = config(4, 8, 50_000);
+    config.progress_secs = 1; // The progress task must not hold the channel open either.
+    let report = timeout(Duration::from_secs(30), run(&config, &probe))
+        .await
+        .expect("the pipeline did not end after its producers finished");
+    assert_eq!(report.handled, 50_000);
+}
+
+/// A slow consumer throttles the producers: items in flight never exceed the
+/// channel capacity plus what the consumer holds, however fast producers are.
+#[tokio::test(start_paused = true)]
+async fn in_flight_items_stay_within_capacity_plus_consumer_hands() {
+    let capacity = 4;
+    let probe = Probe {
+        work: Duration::from_millis(1),
+        ..Probe::default()
+    };
+    let report = run(&config(8, capacity, 500), &probe).await;
+
+    let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
+    let bound = (capacity + MAX_HELD_BY_CONSUMER) as u64;
+    assert!(
+        max_in_flight <= bound,
+        "{max_in_flight} items in flight, bound {bound}"
+    );
+    assert!(
+        max_in_flight >= capacity as u64,
+        "the queue never filled, so nothing was tested"
+    );
+    assert!(report.peak_queue_depth <= capacity + MAX_HELD_BY_CONSUMER);
+    assert_eq!(report.handled, 500);
+}
+
+/// Cancellation stops the producers, the consumer drains what was queued, and
+/// the run ends promptly with every produced item handled.
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_producers_and_drains_the_queue() {
+    let probe = Probe {
+        work: Duration::from_millis(1),
+        ..Probe::default()
+    };
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.cancel();
+    });
+    let config = config(4, 16, 0); // 0 = produce until cancelled.
+
+    // Draining at most capacity + held items of 1 ms each takes well under a second.
+    let report = timeout(
+        Duration::from_secs(1),
+        pipeline::run(&config, probe.clone(), shutdown),
+    )
+    .await
+    .expect("the drain after cancellation did not finish in time");
+
+    assert!(report.cancelled);
+    assert!(report.produced > 0);
+    assert_eq!(
+        report.produced,
+        probe.seen.produced.load(SeqCst),
+        "items created but never sent"
+    );
+    assert_eq!(report.produced, report.handled + report.failed);
+    assert_eq!(report.handled, probe.seen.finished.load(SeqCst));
+}
+
+/// The tokio mpsc hazard: `send(item)` raced against cancellation in
+/// `select!` drops the item when cancellation wins. With producers parked on a
+/// full channel at the moment of cancellation, that would show up here as
+/// items produced but never handled. Producers reserve a permit first instead.
+#[tokio::test(start_paused = true)]
+async fn cancellation_under_load_never_loses_an_item() {
+    for cancel_after_ms in 1..=40 {
+        let probe = Probe {
+            work: Duration::from_millis(1),
+            ..Probe::default()
+        };
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(cancel_after_ms)).await;
+            cancel.cancel();
+        });
+        let report = pipeline::run(&config(8, 2, 0), probe.clone(), shutdown).await;
+
+        let created = probe.seen.produced.load(SeqCst);
+        assert_eq!(
+            created,
+            report.handled + report.failed,
+            "cancelled after {cancel_after_ms} ms: {created} items created, {} handled or failed",
+            report.handled + report.failed
+        );
+    }
+}
+
+/// A handler error is counted, and the pipeline goes on with the next item.
+#[tokio::test]
+async fn handler_errors_are_counted_and_the_run_goes_on() {
+    let probe = Probe {
+        fail_every: Some(10),
+        ..Probe::default()
+    };
+    let report = run(&config(3, 8, 1_000), &probe).await;
+    assert_eq!(report.failed, 100);
+    assert_eq!(report.handled, 900);
+    assert!(
+        report.is_success(),
+        "item failures are not a pipeline error"
+    );
+}
+
+/// A panicking consumer turns the run into an error instead of a hang, and
+/// the report still accounts for every item that entered the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_consumer_fails_the_run_without_hanging() {
+    let probe = Probe {
+        panic_at: Some(100),
+        ..Probe::default()
+    };
+    let report = timeout(
+        Duration::from_secs(30),
+        run(&config(4, 16, 100_000), &probe),
+    )
+    .await
+    .expect("a panicking consumer must not hang the run");
+    assert_eq!(report.panicked_tasks, 1);
+    assert!(!report.is_success());
+    assert!(
+        report.failed >= 1,
+        "the item in the panicking hand counts as failed"
+    );
+    assert!(
+        report.produced < 100_000,
+        "producers stopped once the consumer was gone"
+    );
+    assert_eq!(report.produced, report.handled + report.failed);
+}
+
+/// A panicking producer stops the others, even when they would otherwise
+/// produce forever, and the run ends as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_producer_stops_the_run() {
+    #[derive(Clone)]
+    struct PanicsAtSeq(u64);
+    impl Workload for PanicsAtSeq {
+        type Item = u64;
+        fn produce(&self, seq: u64) -> u64 {
+            assert_ne!(seq, self.0, "test producer panics on item {seq}");
+            seq
+        }
+        async fn handle(&self, _seq: u64) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+    let report = timeout(
+        Duration::from_secs(30),
+        pipeline::run(
+            &config(4, 8, 0),
+            PanicsAtSeq(1_001),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a panicking producer must stop the run");
+    assert_eq!(report.panicked_tasks, 1);
+    assert_eq!(report.produced, report.handled + report.failed);
+}
