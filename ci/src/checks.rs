@@ -40,7 +40,12 @@ pub fn leftover_liquid(dir: &Path) -> Result<Vec<String>> {
         };
         for (number, line) in text.lines().enumerate() {
             if has_liquid(line) {
-                found.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                found.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
             }
         }
     }
@@ -48,7 +53,10 @@ pub fn leftover_liquid(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn has_liquid(line: &str) -> bool {
-    line.contains("{%") || line.match_indices("{{").any(|(at, _)| !line[..at].ends_with('$'))
+    line.contains("{%")
+        || line
+            .match_indices("{{")
+            .any(|(at, _)| !line[..at].ends_with('$'))
 }
 
 /// Checks the generated workflow against the `github_ci` option: present with
@@ -56,10 +64,18 @@ fn has_liquid(line: &str) -> bool {
 pub fn check_workflow(dir: &Path, github_ci: bool) -> Result<()> {
     let workflow = dir.join(".github/workflows/ci.yml");
     if github_ci {
-        let text = std::fs::read_to_string(&workflow).context("github_ci=true but no .github/workflows/ci.yml")?;
-        ensure!(text.contains("${{"), "{}: the `${{{{ }}}}` expressions did not survive", workflow.display());
+        let text = std::fs::read_to_string(&workflow)
+            .context("github_ci=true but no .github/workflows/ci.yml")?;
+        ensure!(
+            text.contains("${{"),
+            "{}: the `${{{{ }}}}` expressions did not survive",
+            workflow.display()
+        );
     } else {
-        ensure!(!dir.join(".github").exists(), "github_ci=false but .github/ was generated");
+        ensure!(
+            !dir.join(".github").exists(),
+            "github_ci=false but .github/ was generated"
+        );
     }
     Ok(())
 }
@@ -68,16 +84,41 @@ pub fn check_workflow(dir: &Path, github_ci: bool) -> Result<()> {
 /// produced item handled.
 pub fn check_smoke_report(stdout: &str, topology: &str, items: u64) -> Result<()> {
     let line = stdout.trim();
-    ensure!(!line.contains('\n'), "stdout holds more than the one-line report:\n{stdout}");
-    let report: Value = serde_json::from_str(line).with_context(|| format!("the report is not JSON: {line}"))?;
-    for key in ["topology", "produced", "handled", "failed", "elapsed_secs", "items_per_sec", "peak_queue_depth"] {
-        ensure!(report.get(key).is_some(), "the report has no `{key}`: {line}");
+    ensure!(
+        !line.contains('\n'),
+        "stdout holds more than the one-line report:\n{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(line).with_context(|| format!("the report is not JSON: {line}"))?;
+    for key in [
+        "topology",
+        "produced",
+        "handled",
+        "failed",
+        "elapsed_secs",
+        "items_per_sec",
+        "peak_queue_depth",
+    ] {
+        ensure!(
+            report.get(key).is_some(),
+            "the report has no `{key}`: {line}"
+        );
     }
-    ensure!(report["topology"] == topology, "topology is {}, expected {topology}", report["topology"]);
-    let count = |key: &str| report[key].as_u64().with_context(|| format!("`{key}` is not a count: {line}"));
+    ensure!(
+        report["topology"] == topology,
+        "topology is {}, expected {topology}",
+        report["topology"]
+    );
+    let count = |key: &str| {
+        report[key]
+            .as_u64()
+            .with_context(|| format!("`{key}` is not a count: {line}"))
+    };
     let (produced, handled, failed) = (count("produced")?, count("handled")?, count("failed")?);
     if produced != items || handled != items || failed != 0 {
-        bail!("expected {items} produced and handled, 0 failed; got {produced} / {handled} / {failed}");
+        bail!(
+            "expected {items} produced and handled, 0 failed; got {produced} / {handled} / {failed}"
+        );
     }
     Ok(())
 }
@@ -99,20 +140,26 @@ pub fn chassis_drift(templates: &[(String, PathBuf)], files: &[String]) -> Vec<D
         .filter_map(|file| {
             let mut variants: BTreeMap<Option<Vec<u8>>, Vec<String>> = BTreeMap::new();
             for (name, dir) in templates {
-                variants.entry(std::fs::read(dir.join(file)).ok()).or_default().push(name.clone());
+                variants
+                    .entry(std::fs::read(dir.join(file)).ok())
+                    .or_default()
+                    .push(name.clone());
             }
-            (variants.len() > 1).then(|| Drift { file: file.clone(), groups: variants.into_values().collect() })
+            (variants.len() > 1).then(|| Drift {
+                file: file.clone(),
+                groups: variants.into_values().collect(),
+            })
         })
         .collect()
 }
 
-/// A hash of every file below `dir` that the build can read: all but
-/// `.github/`. Two generated projects with the same fingerprint build and
-/// behave identically, so one build serves both.
+/// A hash of every file below `dir` that the build reads: all but `.github/`
+/// and Markdown. Two generated projects with the same fingerprint compile the
+/// same code and behave identically, so one build serves both.
 pub fn build_fingerprint(dir: &Path) -> Result<u64> {
     let mut hasher = DefaultHasher::new();
     for file in files_below(dir)? {
-        if file.starts_with(".github") {
+        if file.starts_with(".github") || file.extension().is_some_and(|ext| ext == "md") {
             continue;
         }
         file.hash(&mut hasher);
@@ -130,7 +177,8 @@ mod tests {
 
     impl Scratch {
         fn new(label: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("conveyor-ci-{label}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("conveyor-ci-{label}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -154,7 +202,9 @@ mod tests {
         assert!(has_liquid("name = \"{{project-name}}\""));
         assert!(has_liquid("{% if batching %}"));
         assert!(has_liquid("ok ${{ github.ref }} then {{ leftover }}"));
-        assert!(!has_liquid("group: ${{ github.workflow }}-${{ github.ref }}"));
+        assert!(!has_liquid(
+            "group: ${{ github.workflow }}-${{ github.ref }}"
+        ));
         assert!(!has_liquid("let set = HashSet::new(); // {}"));
     }
 
@@ -177,8 +227,10 @@ mod tests {
             scratch.write(&format!("{template}/src/report.rs"), "same");
         }
         scratch.write("c/src/report.rs", "changed in one copy");
-        let templates: Vec<(String, PathBuf)> =
-            ["a", "b", "c"].iter().map(|t| (t.to_string(), scratch.0.join(t))).collect();
+        let templates: Vec<(String, PathBuf)> = ["a", "b", "c"]
+            .iter()
+            .map(|t| (t.to_string(), scratch.0.join(t)))
+            .collect();
         let files = vec!["src/config.rs".to_owned(), "src/report.rs".to_owned()];
 
         let drift = chassis_drift(&templates, &files);
@@ -193,6 +245,7 @@ mod tests {
         scratch.write("src/main.rs", "fn main() {}");
         let before = build_fingerprint(&scratch.0).unwrap();
         scratch.write(".github/workflows/ci.yml", "on: push");
+        scratch.write("README.md", "Mentions the workflow.");
         assert_eq!(build_fingerprint(&scratch.0).unwrap(), before);
         scratch.write("src/main.rs", "fn main() { }");
         assert_ne!(build_fingerprint(&scratch.0).unwrap(), before);

@@ -103,8 +103,15 @@ fn run(task: Task) -> Result<bool> {
             }
             Ok(true)
         }
-        Task::InstallTools => tools::ensure_cargo_generate(&matrix.cargo_generate_version).map(|()| true),
-        Task::Matrix { selection, only, fail_fast, work_dir } => {
+        Task::InstallTools => {
+            tools::ensure_cargo_generate(&matrix.cargo_generate_version).map(|()| true)
+        }
+        Task::Matrix {
+            selection,
+            only,
+            fail_fast,
+            work_dir,
+        } => {
             tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
             let combinations = matrix.combinations(&selection.into_selection(only))?;
             run_matrix(&matrix, &combinations, &work_dir.work_dir, fail_fast)
@@ -112,39 +119,68 @@ fn run(task: Task) -> Result<bool> {
         Task::Test(work_dir) => {
             tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
             println!("== the collection's own tests (cargo test)");
-            let status = Command::new("cargo").args(["test", "--locked"]).current_dir(repo).status()?;
+            let status = Command::new("cargo")
+                .args(["test", "--locked"])
+                .current_dir(repo)
+                .status()?;
             ensure!(status.success(), "the collection's own tests failed");
             println!("== the matrix");
             let combinations = matrix.combinations(&Selection::default())?;
             run_matrix(&matrix, &combinations, &work_dir.work_dir, false)
         }
-        Task::Try { template, work_dir, service_args } => {
+        Task::Try {
+            template,
+            work_dir,
+            service_args,
+        } => {
             tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
             let runner = Runner::new(&matrix, repo, &work_dir.work_dir, true)?;
             let combination = matrix.template(&template)?.defaults();
             let parent = work_dir.work_dir.join("try");
-            let log = work_dir.work_dir.join("logs").join(format!("try-{template}-generate.log"));
-            let project = runner.generate(&combination, &parent, &log).with_context(|| format!("see {}", log.display()))?;
-            println!("generated {} with the template defaults; running it:", project.display());
+            let log = work_dir
+                .work_dir
+                .join("logs")
+                .join(format!("try-{template}-generate.log"));
+            let project = runner
+                .generate(&combination, &parent, &log)
+                .with_context(|| format!("see {}", log.display()))?;
+            println!(
+                "generated {} with the template defaults; running it:",
+                project.display()
+            );
             let status = Command::new("cargo")
                 .args(["run", "--release", "--quiet", "--"])
                 .args(&service_args)
                 .current_dir(&project)
                 .env("CARGO_TARGET_DIR", runner.target_dir())
                 .status()?;
-            println!("the project stays at {}; edit src/workload.rs to make it yours", project.display());
+            println!(
+                "the project stays at {}; edit src/workload.rs to make it yours",
+                project.display()
+            );
             Ok(status.success())
         }
     }
 }
 
-fn run_matrix(matrix: &Matrix, combinations: &[conveyor_ci::matrix::Combination], work_dir: &std::path::Path, fail_fast: bool) -> Result<bool> {
+fn run_matrix(
+    matrix: &Matrix,
+    combinations: &[conveyor_ci::matrix::Combination],
+    work_dir: &std::path::Path,
+    fail_fast: bool,
+) -> Result<bool> {
     let outcomes = Runner::new(matrix, repo_root(), work_dir, fail_fast)?.run(combinations)?;
-    Ok(outcomes.iter().all(|o| !matches!(o.verdict, Verdict::Failed { .. })))
+    Ok(outcomes
+        .iter()
+        .all(|o| !matches!(o.verdict, Verdict::Failed { .. })))
 }
 
 impl SelectionArgs {
     fn into_selection(self, only: Vec<String>) -> Selection {
-        Selection { template: self.template, defaults_only: self.defaults_only, only }
+        Selection {
+            template: self.template,
+            defaults_only: self.defaults_only,
+            only,
+        }
     }
 }

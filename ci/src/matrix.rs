@@ -97,8 +97,10 @@ impl Matrix {
     /// they agree (see [`Matrix::validate`]).
     pub fn load(repo: &Path) -> Result<Self> {
         let path = Self::path(repo);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file: MatrixFile = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let file: MatrixFile =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let templates = file
             .template
             .into_iter()
@@ -114,7 +116,11 @@ impl Matrix {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let matrix = Self { cargo_generate_version: file.cargo_generate_version, chassis: file.chassis, templates };
+        let matrix = Self {
+            cargo_generate_version: file.cargo_generate_version,
+            chassis: file.chassis,
+            templates,
+        };
         matrix.validate()?;
         Ok(matrix)
     }
@@ -125,13 +131,15 @@ impl Matrix {
         for template in &self.templates {
             let name = &template.name;
             for (axis, values) in &template.axes {
-                let placeholder = template
-                    .placeholders
-                    .get(axis)
-                    .with_context(|| format!("{name}: axis `{axis}` is not a placeholder of the template"))?;
+                let placeholder = template.placeholders.get(axis).with_context(|| {
+                    format!("{name}: axis `{axis}` is not a placeholder of the template")
+                })?;
                 if let Some(choices) = &placeholder.choices {
                     for value in values {
-                        ensure!(choices.contains(value), "{name}: `{axis}` has no value `{value}`");
+                        ensure!(
+                            choices.contains(value),
+                            "{name}: `{axis}` has no value `{value}`"
+                        );
                     }
                     for choice in choices {
                         ensure!(
@@ -143,12 +151,21 @@ impl Matrix {
             }
             for (placeholder, _) in &template.placeholders {
                 let covered = template.axes.contains_key(placeholder)
-                    || template.extra.iter().any(|extra| extra.contains_key(placeholder));
-                ensure!(covered, "{name}: placeholder `{placeholder}` is in no axis and no extra combination");
+                    || template
+                        .extra
+                        .iter()
+                        .any(|extra| extra.contains_key(placeholder));
+                ensure!(
+                    covered,
+                    "{name}: placeholder `{placeholder}` is in no axis and no extra combination"
+                );
             }
             for partial in template.exclude.iter().chain(&template.extra) {
                 for key in partial.keys() {
-                    ensure!(template.placeholders.contains_key(key), "{name}: `{key}` is not a placeholder");
+                    ensure!(
+                        template.placeholders.contains_key(key),
+                        "{name}: `{key}` is not a placeholder"
+                    );
                 }
             }
         }
@@ -161,11 +178,18 @@ impl Matrix {
             && !self.templates.iter().any(|t| &t.name == wanted)
         {
             let known: Vec<_> = self.templates.iter().map(|t| t.name.as_str()).collect();
-            bail!("no template `{wanted}` in the matrix (known: {})", known.join(", "));
+            bail!(
+                "no template `{wanted}` in the matrix (known: {})",
+                known.join(", ")
+            );
         }
         let mut all = Vec::new();
         for template in &self.templates {
-            if selection.template.as_ref().is_some_and(|wanted| wanted != &template.name) {
+            if selection
+                .template
+                .as_ref()
+                .is_some_and(|wanted| wanted != &template.name)
+            {
                 continue;
             }
             if selection.defaults_only {
@@ -176,7 +200,10 @@ impl Matrix {
         }
         if !selection.only.is_empty() {
             for id in &selection.only {
-                ensure!(all.iter().any(|c| &c.id() == id), "no combination `{id}`; see `cargo ci list`");
+                ensure!(
+                    all.iter().any(|c| &c.id() == id),
+                    "no combination `{id}`; see `cargo ci list`"
+                );
             }
             all.retain(|c| selection.only.contains(&c.id()));
         }
@@ -185,7 +212,10 @@ impl Matrix {
 
     /// The template entry called `name`.
     pub fn template(&self, name: &str) -> Result<&Template> {
-        self.templates.iter().find(|t| t.name == name).with_context(|| format!("no template `{name}`"))
+        self.templates
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("no template `{name}`"))
     }
 }
 
@@ -205,11 +235,19 @@ impl Template {
                 })
                 .collect();
         }
-        product.retain(|values| !self.exclude.iter().any(|excluded| matches_partial(values, excluded)));
+        product.retain(|values| {
+            !self
+                .exclude
+                .iter()
+                .any(|excluded| matches_partial(values, excluded))
+        });
         product
             .into_iter()
             .chain(self.extra.iter().cloned())
-            .map(|values| Combination { template: self.name.clone(), values })
+            .map(|values| Combination {
+                template: self.name.clone(),
+                values,
+            })
             .collect()
     }
 
@@ -220,7 +258,10 @@ impl Template {
             .keys()
             .map(|axis| (axis.clone(), self.placeholders[axis].default.clone()))
             .collect();
-        Combination { template: self.name.clone(), values }
+        Combination {
+            template: self.name.clone(),
+            values,
+        }
     }
 }
 
@@ -238,20 +279,28 @@ impl Combination {
 
 impl fmt::Display for Combination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let values: Vec<String> = self.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let values: Vec<String> = self
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         write!(f, "{}:{}", self.template, values.join(","))
     }
 }
 
 fn matches_partial(values: &BTreeMap<String, String>, partial: &BTreeMap<String, String>) -> bool {
-    partial.iter().all(|(key, value)| values.get(key) == Some(value))
+    partial
+        .iter()
+        .all(|(key, value)| values.get(key) == Some(value))
 }
 
 /// Reads `[placeholders.*]` from a template's `cargo-generate.toml`.
 pub fn read_placeholders(template_dir: &Path) -> Result<BTreeMap<String, Placeholder>> {
     let path = template_dir.join("cargo-generate.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let Some(placeholders) = table.get("placeholders").and_then(toml::Value::as_table) else {
         return Ok(BTreeMap::new());
     };
@@ -263,11 +312,17 @@ pub fn read_placeholders(template_dir: &Path) -> Result<BTreeMap<String, Placeho
                 Some(toml::Value::Boolean(b)) => b.to_string(),
                 _ => bail!("{}: placeholder `{name}` needs a default", path.display()),
             };
-            let choices = match (spec.get("type").and_then(toml::Value::as_str), spec.get("choices")) {
+            let choices = match (
+                spec.get("type").and_then(toml::Value::as_str),
+                spec.get("choices"),
+            ) {
                 (Some("bool"), _) => Some(vec!["true".to_owned(), "false".to_owned()]),
-                (_, Some(toml::Value::Array(choices))) => {
-                    Some(choices.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-                }
+                (_, Some(toml::Value::Array(choices))) => Some(
+                    choices
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect(),
+                ),
                 _ => None,
             };
             Ok((name.clone(), Placeholder { default, choices }))
@@ -284,7 +339,12 @@ mod tests {
             default: default.to_owned(),
             choices: Some(choices.iter().map(|c| c.to_string()).collect()),
         };
-        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         Template {
             name: "t".to_owned(),
             smoke_args: vec![],
@@ -297,7 +357,13 @@ mod tests {
             placeholders: [
                 ("a".to_owned(), choice("1", &["1", "2"])),
                 ("b".to_owned(), choice("y", &["x", "y", "z"])),
-                ("n".to_owned(), Placeholder { default: "64".to_owned(), choices: None }),
+                (
+                    "n".to_owned(),
+                    Placeholder {
+                        default: "64".to_owned(),
+                        choices: None,
+                    },
+                ),
             ]
             .into_iter()
             .collect(),
@@ -305,13 +371,31 @@ mod tests {
     }
 
     fn matrix(template: Template) -> Matrix {
-        Matrix { cargo_generate_version: "0".into(), chassis: vec![], templates: vec![template] }
+        Matrix {
+            cargo_generate_version: "0".into(),
+            chassis: vec![],
+            templates: vec![template],
+        }
     }
 
     #[test]
     fn expands_the_product_minus_exclusions_plus_extras() {
-        let ids: Vec<String> = template().combinations().iter().map(Combination::id).collect();
-        assert_eq!(ids, ["t:a=1,b=x", "t:a=1,b=y", "t:a=1,b=z", "t:a=2,b=x", "t:a=2,b=y", "t:n=1"]);
+        let ids: Vec<String> = template()
+            .combinations()
+            .iter()
+            .map(Combination::id)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "t:a=1,b=x",
+                "t:a=1,b=y",
+                "t:a=1,b=z",
+                "t:a=2,b=x",
+                "t:a=2,b=y",
+                "t:n=1"
+            ]
+        );
     }
 
     #[test]
@@ -324,7 +408,10 @@ mod tests {
         let mut t = template();
         t.axes.get_mut("b").unwrap().retain(|v| v != "z");
         let error = matrix(t).validate().unwrap_err().to_string();
-        assert!(error.contains("value `z` of `b` is never tested"), "{error}");
+        assert!(
+            error.contains("value `z` of `b` is never tested"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -338,11 +425,20 @@ mod tests {
     #[test]
     fn selection_by_unknown_id_or_template_is_an_error() {
         let m = matrix(template());
-        let only = Selection { only: vec!["t:a=9".into()], ..Selection::default() };
+        let only = Selection {
+            only: vec!["t:a=9".into()],
+            ..Selection::default()
+        };
         assert!(m.combinations(&only).is_err());
-        let other = Selection { template: Some("nope".into()), ..Selection::default() };
+        let other = Selection {
+            template: Some("nope".into()),
+            ..Selection::default()
+        };
         assert!(m.combinations(&other).is_err());
-        let one = Selection { only: vec!["t:n=1".into()], ..Selection::default() };
+        let one = Selection {
+            only: vec!["t:n=1".into()],
+            ..Selection::default()
+        };
         assert_eq!(m.combinations(&one).unwrap().len(), 1);
     }
 }

@@ -38,7 +38,7 @@ pub enum Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Step::Generate => "generate",
             Step::Render => "render",
             Step::Fmt => "fmt",
@@ -95,7 +95,8 @@ impl<'a> Runner<'a> {
     /// A runner that generates into `work_dir`, which must lie outside `repo`:
     /// cargo would otherwise adopt the projects into the repository's workspace.
     pub fn new(matrix: &'a Matrix, repo: &Path, work_dir: &Path, fail_fast: bool) -> Result<Self> {
-        std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("creating {}", work_dir.display()))?;
         let work_dir = work_dir.canonicalize()?;
         let repo = repo.canonicalize()?;
         ensure!(
@@ -103,7 +104,12 @@ impl<'a> Runner<'a> {
             "the work directory {} is inside the repository; choose one outside it",
             work_dir.display()
         );
-        Ok(Self { matrix, repo, work_dir, fail_fast })
+        Ok(Self {
+            matrix,
+            repo,
+            work_dir,
+            fail_fast,
+        })
     }
 
     /// The target directory every generated project shares, so that
@@ -113,10 +119,16 @@ impl<'a> Runner<'a> {
     }
 
     /// Generates `combination` into `parent` and returns the project directory.
-    pub fn generate(&self, combination: &Combination, parent: &Path, log: &Path) -> Result<PathBuf> {
+    pub fn generate(
+        &self,
+        combination: &Combination,
+        parent: &Path,
+        log: &Path,
+    ) -> Result<PathBuf> {
         let project = parent.join(&combination.template);
         if project.exists() {
-            std::fs::remove_dir_all(&project).with_context(|| format!("removing {}", project.display()))?;
+            std::fs::remove_dir_all(&project)
+                .with_context(|| format!("removing {}", project.display()))?;
         }
         std::fs::create_dir_all(parent)?;
         let mut command = Command::new("cargo");
@@ -151,7 +163,12 @@ impl<'a> Runner<'a> {
         let mut builds: HashMap<u64, String> = HashMap::new();
         let mut outcomes = Vec::new();
         for (index, combination) in combinations.iter().enumerate() {
-            println!("[{:>2}/{}] {}", index + 1, combinations.len(), combination.id());
+            println!(
+                "[{:>2}/{}] {}",
+                index + 1,
+                combinations.len(),
+                combination.id()
+            );
             let outcome = self.run_one(combination, &mut builds);
             let failed = matches!(outcome.verdict, Verdict::Failed { .. });
             outcomes.push(outcome);
@@ -171,7 +188,11 @@ impl<'a> Runner<'a> {
             Ok(verdict) => verdict,
             Err(failure) => failure,
         };
-        Outcome { id: combination.id(), verdict, elapsed: started.elapsed() }
+        Outcome {
+            id: combination.id(),
+            verdict,
+            elapsed: started.elapsed(),
+        }
     }
 
     /// Runs the steps in order; `Err` carries the failing step's verdict.
@@ -181,31 +202,64 @@ impl<'a> Runner<'a> {
         logs: &Path,
         builds: &mut HashMap<u64, String>,
     ) -> std::result::Result<Verdict, Verdict> {
-        let template = self.matrix.template(&combination.template).map_err(|e| failed(Step::Generate, e, logs))?;
+        let template = self
+            .matrix
+            .template(&combination.template)
+            .map_err(|e| failed(Step::Generate, e, logs))?;
         let parent = self.work_dir.join("projects");
-        let project = timed(Step::Generate, logs, || self.generate(combination, &parent, &logs.join("generate.log")))?;
+        let project = timed(Step::Generate, logs, || {
+            self.generate(combination, &parent, &logs.join("generate.log"))
+        })?;
 
         timed(Step::Render, logs, || {
             let leftovers = checks::leftover_liquid(&project)?;
-            ensure!(leftovers.is_empty(), "Liquid left over:\n{}", leftovers.join("\n"));
-            let default = template.placeholders.get("github_ci").map(|p| p.default.as_str());
+            ensure!(
+                leftovers.is_empty(),
+                "Liquid left over:\n{}",
+                leftovers.join("\n")
+            );
+            let default = template
+                .placeholders
+                .get("github_ci")
+                .map(|p| p.default.as_str());
             let github_ci = combination.value("github_ci").or(default) == Some("true");
             checks::check_workflow(&project, github_ci)
         })?;
-        timed(Step::Fmt, logs, || self.cargo(&project, &["fmt", "--check"], &logs.join("fmt.log")))?;
+        timed(Step::Fmt, logs, || {
+            self.cargo(&project, &["fmt", "--check"], &logs.join("fmt.log"))
+        })?;
 
-        let fingerprint = checks::build_fingerprint(&project).map_err(|e| failed(Step::Render, e, logs))?;
+        let fingerprint =
+            checks::build_fingerprint(&project).map_err(|e| failed(Step::Render, e, logs))?;
         if let Some(earlier) = builds.get(&fingerprint) {
-            println!("         same sources as {earlier}: its clippy, test, bench build and smoke run stand");
-            return Ok(Verdict::SharedBuild { with: earlier.clone() });
+            println!(
+                "         same sources as {earlier}: its clippy, test, bench build and smoke run stand"
+            );
+            return Ok(Verdict::SharedBuild {
+                with: earlier.clone(),
+            });
         }
 
         timed(Step::Clippy, logs, || {
-            self.cargo(&project, &["clippy", "--all-targets", "--", "-D", "warnings"], &logs.join("clippy.log"))
+            self.cargo(
+                &project,
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+                &logs.join("clippy.log"),
+            )
         })?;
-        timed(Step::Test, logs, || self.cargo(&project, &["test"], &logs.join("test.log")))?;
-        timed(Step::BenchBuild, logs, || self.cargo(&project, &["bench", "--no-run"], &logs.join("bench-build.log")))?;
-        timed(Step::Smoke, logs, || self.smoke(combination, &template.smoke_args, &logs.join("smoke.log")))?;
+        timed(Step::Test, logs, || {
+            self.cargo(&project, &["test"], &logs.join("test.log"))
+        })?;
+        timed(Step::BenchBuild, logs, || {
+            self.cargo(
+                &project,
+                &["bench", "--no-run"],
+                &logs.join("bench-build.log"),
+            )
+        })?;
+        timed(Step::Smoke, logs, || {
+            self.smoke(combination, &template.smoke_args, &logs.join("smoke.log"))
+        })?;
 
         builds.insert(fingerprint, combination.id());
         Ok(Verdict::Passed)
@@ -219,14 +273,21 @@ impl<'a> Runner<'a> {
             .env("CARGO_TARGET_DIR", self.target_dir())
             .env("CARGO_TERM_COLOR", "never");
         let status = run_logged(command, log)?;
-        ensure!(status.success(), "cargo {} exited with {status}", args.join(" "));
+        ensure!(
+            status.success(),
+            "cargo {} exited with {status}",
+            args.join(" ")
+        );
         Ok(())
     }
 
     /// Runs the release binary that `cargo bench --no-run` left behind (no
     /// second release build) and checks its JSON report.
     fn smoke(&self, combination: &Combination, smoke_args: &[String], log: &Path) -> Result<()> {
-        let binary = self.target_dir().join("release").join(&combination.template);
+        let binary = self
+            .target_dir()
+            .join("release")
+            .join(&combination.template);
         ensure!(binary.exists(), "no release binary at {}", binary.display());
         let items = smoke_args
             .windows(2)
@@ -244,14 +305,25 @@ impl<'a> Runner<'a> {
             .with_context(|| format!("starting {}", binary.display()))?;
         let output = wait_with_timeout(child, STEP_TIMEOUT)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        writeln!(File::options().append(true).open(log)?, "--- stdout ---\n{stdout}")?;
-        ensure!(output.status.success(), "the service exited with {}", output.status);
+        writeln!(
+            File::options().append(true).open(log)?,
+            "--- stdout ---\n{stdout}"
+        )?;
+        ensure!(
+            output.status.success(),
+            "the service exited with {}",
+            output.status
+        );
         checks::check_smoke_report(&stdout, &combination.template, items)
     }
 }
 
 /// Runs `step`, prints its progress line, and turns an error into a failed verdict.
-fn timed<T>(step: Step, logs: &Path, run: impl FnOnce() -> Result<T>) -> std::result::Result<T, Verdict> {
+fn timed<T>(
+    step: Step,
+    logs: &Path,
+    run: impl FnOnce() -> Result<T>,
+) -> std::result::Result<T, Verdict> {
     let started = Instant::now();
     let result = run();
     let secs = started.elapsed().as_secs_f64();
@@ -274,7 +346,11 @@ fn failed(step: Step, error: anyhow::Error, logs: &Path) -> Verdict {
         // In-process checks write no log of their own; keep the reason findable.
         let _ = std::fs::write(&log, format!("{error:#}\n"));
     }
-    let reason = format!("{error:#}").lines().next().unwrap_or_default().to_owned();
+    let reason = format!("{error:#}")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     Verdict::Failed { step, reason, log }
 }
 
@@ -293,7 +369,10 @@ fn run_logged(mut command: Command, log: &Path) -> Result<ExitStatus> {
     Ok(wait_with_timeout(child, STEP_TIMEOUT)?.status)
 }
 
-fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Result<std::process::Output> {
+fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Result<std::process::Output> {
     let started = Instant::now();
     while child.try_wait()?.is_none() {
         if started.elapsed() > timeout {
@@ -308,23 +387,47 @@ fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Resul
 
 /// A file-system-safe form of a combination id.
 fn slug(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '=' { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '=' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn print_summary(outcomes: &[Outcome], elapsed: Duration) {
-    let width = outcomes.iter().map(|o| o.id.len()).max().unwrap_or(0).max(11);
-    println!("\n{:<width$}  {:<8} {:>8}  note", "combination", "result", "time");
+    let width = outcomes
+        .iter()
+        .map(|o| o.id.len())
+        .max()
+        .unwrap_or(0)
+        .max(11);
+    println!(
+        "\n{:<width$}  {:<8} {:>8}  note",
+        "combination", "result", "time"
+    );
     for outcome in outcomes {
         let (result, note) = match &outcome.verdict {
             Verdict::Passed => ("passed", String::new()),
             Verdict::SharedBuild { with } => ("passed", format!("build shared with {with}")),
             Verdict::Failed { step, log, .. } => ("FAILED", format!("{step}: {}", log.display())),
         };
-        println!("{:<width$}  {result:<8} {:>7.1}s  {note}", outcome.id, outcome.elapsed.as_secs_f64());
+        println!(
+            "{:<width$}  {result:<8} {:>7.1}s  {note}",
+            outcome.id,
+            outcome.elapsed.as_secs_f64()
+        );
     }
     for outcome in outcomes {
         if let Verdict::Failed { step, reason, log } = &outcome.verdict {
-            println!("\nFAILED {} at step {step}: {reason}\nlog: {}", outcome.id, log.display());
+            println!(
+                "\nFAILED {} at step {step}: {reason}\nlog: {}",
+                outcome.id,
+                log.display()
+            );
             if let Ok(text) = std::fs::read_to_string(log) {
                 let lines: Vec<&str> = text.lines().collect();
                 for line in &lines[lines.len().saturating_sub(25)..] {
@@ -333,9 +436,15 @@ fn print_summary(outcomes: &[Outcome], elapsed: Duration) {
             }
         }
     }
-    let failed = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Failed { .. })).count();
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Failed { .. }))
+        .count();
     println!("\nwall time {:.1} min", elapsed.as_secs_f64() / 60.0);
-    println!("matrix: {} passed, {failed} failed", outcomes.len() - failed);
+    println!(
+        "matrix: {} passed, {failed} failed",
+        outcomes.len() - failed
+    );
 }
 
 #[cfg(test)]
@@ -344,6 +453,9 @@ mod tests {
 
     #[test]
     fn slugs_are_safe_file_names() {
-        assert_eq!(slug("mpsc-fan-in:batching=true,runtime=multi_thread"), "mpsc-fan-in_batching=true_runtime=multi_thread");
+        assert_eq!(
+            slug("mpsc-fan-in:batching=true,runtime=multi_thread"),
+            "mpsc-fan-in_batching=true_runtime=multi_thread"
+        );
     }
 }

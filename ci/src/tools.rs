@@ -6,10 +6,17 @@ use anyhow::{Context, Result, ensure};
 
 /// The installed cargo-generate version, if any.
 pub fn cargo_generate_version() -> Option<String> {
-    let output = Command::new("cargo").args(["generate", "--version"]).output().ok()?;
+    let output = Command::new("cargo")
+        .args(["generate", "--version"])
+        .output()
+        .ok()?;
     // Prints e.g. "cargo generate-generate 0.23.14".
     let text = String::from_utf8(output.stdout).ok()?;
-    output.status.success().then(|| text.split_whitespace().last().map(str::to_owned)).flatten()
+    output
+        .status
+        .success()
+        .then(|| text.split_whitespace().last().map(str::to_owned))
+        .flatten()
 }
 
 /// Installs cargo-generate `version` with `--locked` unless exactly that
@@ -20,15 +27,29 @@ pub fn ensure_cargo_generate(version: &str) -> Result<()> {
         return Ok(());
     }
     match &installed {
-        Some(other) => eprintln!("cargo-generate {other} is installed; the matrix needs {version}. Installing it."),
+        Some(other) => eprintln!(
+            "cargo-generate {other} is installed; the matrix needs {version}. Installing it."
+        ),
         None => eprintln!("cargo-generate is not installed. Installing {version} (a few minutes)."),
     }
     let status = Command::new("cargo")
-        .args(["install", "--locked", "cargo-generate", "--version", version])
+        .args([
+            "install",
+            "--locked",
+            "cargo-generate",
+            "--version",
+            version,
+        ])
         .status()
         .context("running cargo install")?;
-    ensure!(status.success(), "cargo install cargo-generate {version} failed");
+    ensure!(
+        status.success(),
+        "cargo install cargo-generate {version} failed"
+    );
     let now = cargo_generate_version();
-    ensure!(now.as_deref() == Some(version), "after installing, cargo generate reports {now:?}");
+    ensure!(
+        now.as_deref() == Some(version),
+        "after installing, cargo generate reports {now:?}"
+    );
     Ok(())
 }

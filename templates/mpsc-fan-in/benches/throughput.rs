@@ -1,6 +1,7 @@
 //! Throughput of the template's pipeline next to bare loops of the same shape
-//! (4 producer tasks, capacity 64, one consumer) on tokio mpsc, flume and
-//! kanal. The gap to "bare tokio mpsc" is what the scaffold costs; the other
+//! (4 producer tasks, capacity 64, one consumer task) on tokio mpsc, flume and
+//! kanal. As in the pipeline, the consumer is a spawned task, not the future
+//! that `block_on` drives. The gap to "bare tokio mpsc" is what the scaffold costs; the other
 //! two show what a different channel crate would give.
 //!
 //! Compare the numbers as ratios within one run: absolute items/s depend on
@@ -49,11 +50,14 @@ async fn bare_tokio_mpsc() -> u64 {
         });
     }
     drop(tx);
-    let mut sum = 0u64;
-    while let Some(item) = rx.recv().await {
-        sum = sum.wrapping_add(item);
-    }
-    sum
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(item) = rx.recv().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
 }
 
 async fn bare_flume() -> u64 {
@@ -67,11 +71,14 @@ async fn bare_flume() -> u64 {
         });
     }
     drop(tx);
-    let mut sum = 0u64;
-    while let Ok(item) = rx.recv_async().await {
-        sum = sum.wrapping_add(item);
-    }
-    sum
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Ok(item) = rx.recv_async().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
 }
 
 async fn bare_kanal() -> u64 {
@@ -85,11 +92,14 @@ async fn bare_kanal() -> u64 {
         });
     }
     drop(tx);
-    let mut sum = 0u64;
-    while let Ok(item) = rx.recv().await {
-        sum = sum.wrapping_add(item);
-    }
-    sum
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Ok(item) = rx.recv().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
 }
 
 fn fan_in(c: &mut Criterion) {

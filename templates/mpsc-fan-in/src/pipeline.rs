@@ -16,7 +16,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,9 @@ pub const RECV_BATCH: usize = {% if batching %}256{% else %}1{% endif %};
 /// The most items the consumer holds outside the channel at any moment. Items
 /// in flight never exceed `capacity + MAX_HELD_BY_CONSUMER`.
 pub const MAX_HELD_BY_CONSUMER: usize = RECV_BATCH;
+
+/// The consumer samples the queue depth once per this many receives.
+const DEPTH_SAMPLE_EVERY: u64 = 64;
 
 /// Producers look at the cancellation token at least once per this many items,
 /// even when the channel never makes them wait.
@@ -163,18 +166,24 @@ impl<W: Workload> Producer<W> {
             if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
                 break;
             }
-            // Wait for a free slot before the item exists. Racing `send(item)`
-            // against cancellation would drop the item whenever cancellation
-            // won; a permit holds no item, so losing the race loses nothing.
-            // `biased` polls the permit first: cancellation (which takes a lock
-            // to poll) is only looked at while the channel is full.
-            let permit = tokio::select! {
-                biased;
-                permit = self.tx.reserve() => match permit {
-                    Ok(permit) => permit,
-                    Err(_consumer_gone) => break,
+            // Take a free slot before the item exists. `try_reserve` is the fast
+            // path while the channel has room. When it is full, wait for a slot
+            // while watching for cancellation: racing `send(item)` here instead
+            // would drop the item whenever cancellation won, but a permit holds
+            // no item, so losing the race loses nothing. `biased` polls the
+            // permit first; cancellation (a lock to poll) is only looked at
+            // while the producer has to wait anyway.
+            let permit = match self.tx.try_reserve() {
+                Ok(permit) => permit,
+                Err(TrySendError::Closed(())) => break,
+                Err(TrySendError::Full(())) => tokio::select! {
+                    biased;
+                    permit = self.tx.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_consumer_gone) => break,
+                    },
+                    () = &mut cancelled => break,
                 },
-                () = &mut cancelled => break,
             };
             permit.send(self.workload.produce(seq));
             produced += 1;
@@ -198,8 +207,14 @@ async fn consume<W: Workload>(
     let slot = counters.worker(0);
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut batch = Vec::with_capacity(RECV_BATCH);
+    let mut receives = 0u64;
     while rx.recv_many(&mut batch, RECV_BATCH).await > 0 {
-        counters.observe_queue_depth(rx.len() + batch.len());
+        // Reading the depth touches the cache line the producers write, so it
+        // is sampled rather than read on every receive.
+        if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            counters.observe_queue_depth(rx.len() + batch.len());
+        }
+        receives += 1;
         for item in batch.drain(..) {
             match workload.handle(item).await {
                 Ok(()) => handled += 1,

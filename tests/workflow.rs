@@ -1,0 +1,65 @@
+//! The repository's GitHub workflow runs the matrix from the same source of
+//! truth as the local runner instead of keeping its own list.
+
+use conveyor_ci::repo_root;
+
+fn workflow() -> String {
+    std::fs::read_to_string(repo_root().join(".github/workflows/matrix.yml")).unwrap()
+}
+
+/// The job matrix comes from `cargo ci list --json`, and each job runs one
+/// combination by id, so a combination added to `ci/matrix.toml` becomes a job.
+#[test]
+fn jobs_are_planned_from_the_matrix_file() {
+    let workflow = workflow();
+    assert!(
+        workflow.contains("cargo ci list --json"),
+        "the plan job must expand ci/matrix.toml"
+    );
+    assert!(
+        workflow.contains("fromJSON(needs.plan.outputs.combinations)"),
+        "jobs must come from the plan"
+    );
+    assert!(workflow.contains("cargo ci matrix --only \"${{ matrix.combination.id }}\""));
+    for template in [
+        "mpsc-fan-in",
+        "flume-work-stealing",
+        "kanal-hot-path",
+        "sync-bridge",
+    ] {
+        assert!(
+            !workflow.contains(template),
+            "the workflow must not list templates ({template}) itself"
+        );
+    }
+}
+
+/// A weekly run surfaces template dependencies that went stale.
+#[test]
+fn runs_weekly() {
+    let workflow = workflow();
+    assert!(
+        workflow.contains("schedule:") && workflow.contains("cron:"),
+        "no weekly schedule"
+    );
+}
+
+/// The collection's own tests run in the workflow too.
+#[test]
+fn runs_the_collection_tests() {
+    assert!(workflow().contains("cargo test --locked"));
+}
+
+/// The workflow installs the cargo-generate release the matrix is pinned to.
+#[test]
+fn installs_the_pinned_cargo_generate() {
+    let matrix = conveyor_ci::matrix::Matrix::load(repo_root()).unwrap();
+    let pin = format!(
+        "CARGO_GENERATE_VERSION: \"{}\"",
+        matrix.cargo_generate_version
+    );
+    assert!(
+        workflow().contains(&pin),
+        "expected `{pin}` in the workflow"
+    );
+}
