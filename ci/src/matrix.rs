@@ -149,7 +149,7 @@ impl Matrix {
                     }
                 }
             }
-            for (placeholder, _) in &template.placeholders {
+            for placeholder in template.placeholders.keys() {
                 let covered = template.axes.contains_key(placeholder)
                     || template
                         .extra

@@ -103,7 +103,9 @@ fn env_prefix(package: &str) -> String {
     package.replace('-', "_").to_ascii_uppercase()
 }
 
-fn task_count(value: &str) -> Result<usize, String> {
+/// Parses a task count (1 to [`MAX_TASKS`]) for `--producers` and for the
+/// task or thread flags of a topology's `TopologyArgs`.
+pub fn task_count(value: &str) -> Result<usize, String> {
     whole_number_in(value, MAX_TASKS)
 }
 

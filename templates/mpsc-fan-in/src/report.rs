@@ -171,7 +171,8 @@ pub struct Report {
     pub handled_per_worker: Vec<u64>,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// The largest queue depth seen.
+    /// The largest queue depth sampled. Consumers sample it periodically
+    /// rather than on every item, so short spikes can be missed.
     pub peak_queue_depth: usize,
     /// Pipeline tasks that panicked. Any panic makes the run a failure.
     pub panicked_tasks: usize,

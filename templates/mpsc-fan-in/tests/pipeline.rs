@@ -88,6 +88,18 @@ fn config(producers: usize, capacity: usize, items: u64) -> Config {
     .expect("valid test configuration")
 }
 
+/// A token that cancels itself after `delay` (of tokio time, so paused-time
+/// tests stay instant).
+fn cancel_after(delay: Duration) -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        cancel.cancel();
+    });
+    token
+}
+
 async fn run(config: &Config, probe: &Probe) -> Report {
     pipeline::run(config, probe.clone(), CancellationToken::new()).await
 }
@@ -175,12 +187,7 @@ async fn cancel_stops_producers_and_drains_the_queue() {
         work: Duration::from_millis(1),
         ..Probe::default()
     };
-    let shutdown = CancellationToken::new();
-    let cancel = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        cancel.cancel();
-    });
+    let shutdown = cancel_after(Duration::from_millis(50));
     let config = config(4, 16, 0); // 0 = produce until cancelled.
 
     // Draining at most capacity + held items of 1 ms each takes well under a second.
@@ -213,12 +220,7 @@ async fn cancellation_under_load_never_loses_an_item() {
             work: Duration::from_millis(1),
             ..Probe::default()
         };
-        let shutdown = CancellationToken::new();
-        let cancel = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(cancel_after_ms)).await;
-            cancel.cancel();
-        });
+        let shutdown = cancel_after(Duration::from_millis(cancel_after_ms));
         let report = pipeline::run(&config(8, 2, 0), probe.clone(), shutdown).await;
 
         let created = probe.seen.produced.load(SeqCst);
