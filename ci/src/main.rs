@@ -1,17 +1,17 @@
 //! `cargo ci`: the Conveyor matrix and the collection's test entry point.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
-use conveyor_ci::matrix::{Matrix, Selection};
+use conveyor_ci::matrix::{Combination, Matrix, Selection};
 use conveyor_ci::runner::{Runner, Verdict};
 use conveyor_ci::{default_work_dir, repo_root, tools};
 
 /// Generates every combination of the Conveyor templates and tests each one.
 #[derive(Parser)]
-#[command(name = "cargo ci")]
+#[command(name = "cargo ci", bin_name = "cargo ci")]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -87,8 +87,7 @@ fn main() -> ExitCode {
 
 /// Runs `task`; `Ok(false)` means it ran and something failed.
 fn run(task: Task) -> Result<bool> {
-    let repo = repo_root();
-    let matrix = Matrix::load(repo)?;
+    let matrix = Matrix::load(repo_root())?;
     match task {
         Task::List { selection, json } => {
             let combinations = matrix.combinations(&selection.into_selection(Vec::new()))?;
@@ -116,57 +115,68 @@ fn run(task: Task) -> Result<bool> {
             let combinations = matrix.combinations(&selection.into_selection(only))?;
             run_matrix(&matrix, &combinations, &work_dir.work_dir, fail_fast)
         }
-        Task::Test(work_dir) => {
-            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
-            println!("== the collection's own tests (cargo test)");
-            let status = Command::new("cargo")
-                .args(["test", "--locked"])
-                .current_dir(repo)
-                .status()?;
-            ensure!(status.success(), "the collection's own tests failed");
-            println!("== the matrix");
-            let combinations = matrix.combinations(&Selection::default())?;
-            run_matrix(&matrix, &combinations, &work_dir.work_dir, false)
-        }
+        Task::Test(work_dir) => test_everything(&matrix, &work_dir.work_dir),
         Task::Try {
             template,
             work_dir,
             service_args,
-        } => {
-            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
-            let runner = Runner::new(&matrix, repo, &work_dir.work_dir, true)?;
-            let combination = matrix.template(&template)?.defaults();
-            let parent = work_dir.work_dir.join("try");
-            let log = work_dir
-                .work_dir
-                .join("logs")
-                .join(format!("try-{template}-generate.log"));
-            let project = runner
-                .generate(&combination, &parent, &log)
-                .with_context(|| format!("see {}", log.display()))?;
-            println!(
-                "generated {} with the template defaults; running it:",
-                project.display()
-            );
-            let status = Command::new("cargo")
-                .args(["run", "--release", "--quiet", "--"])
-                .args(&service_args)
-                .current_dir(&project)
-                .env("CARGO_TARGET_DIR", runner.target_dir())
-                .status()?;
-            println!(
-                "the project stays at {}; edit src/workload.rs to make it yours",
-                project.display()
-            );
-            Ok(status.success())
-        }
+        } => try_template(&matrix, &template, &work_dir.work_dir, &service_args),
     }
 }
 
+/// The collection's own tests, then the full matrix.
+fn test_everything(matrix: &Matrix, work_dir: &Path) -> Result<bool> {
+    tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+    println!("== the collection's own tests (cargo test)");
+    let status = Command::new("cargo")
+        .args(["test", "--locked"])
+        .current_dir(repo_root())
+        .status()?;
+    ensure!(status.success(), "the collection's own tests failed");
+    println!("== the matrix");
+    let combinations = matrix.combinations(&Selection::default())?;
+    run_matrix(matrix, &combinations, work_dir, false)
+}
+
+/// Generates `template` with its defaults outside the repository, then builds
+/// and runs it in release mode so its report is printed.
+fn try_template(
+    matrix: &Matrix,
+    template: &str,
+    work_dir: &Path,
+    service_args: &[String],
+) -> Result<bool> {
+    tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+    let runner = Runner::new(matrix, repo_root(), work_dir, true)?;
+    let combination = matrix.template(template)?.defaults();
+    let log = work_dir
+        .join("logs")
+        .join(format!("try-{template}-generate.log"));
+    let project = runner
+        .generate(&combination, &work_dir.join("try"), &log)
+        .with_context(|| format!("see {}", log.display()))?;
+    println!(
+        "generated {} with the template defaults; running it:",
+        project.display()
+    );
+    let status = Command::new("cargo")
+        .args(["run", "--release", "--quiet", "--"])
+        .args(service_args)
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", runner.target_dir())
+        .status()?;
+    println!(
+        "the project stays at {}; edit src/workload.rs to make it yours",
+        project.display()
+    );
+    Ok(status.success())
+}
+
+/// Runs `combinations`; `Ok(false)` when any of them failed.
 fn run_matrix(
     matrix: &Matrix,
-    combinations: &[conveyor_ci::matrix::Combination],
-    work_dir: &std::path::Path,
+    combinations: &[Combination],
+    work_dir: &Path,
     fail_fast: bool,
 ) -> Result<bool> {
     let outcomes = Runner::new(matrix, repo_root(), work_dir, fail_fast)?.run(combinations)?;

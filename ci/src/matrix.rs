@@ -295,7 +295,7 @@ fn matches_partial(values: &BTreeMap<String, String>, partial: &BTreeMap<String,
 }
 
 /// Reads `[placeholders.*]` from a template's `cargo-generate.toml`.
-pub fn read_placeholders(template_dir: &Path) -> Result<BTreeMap<String, Placeholder>> {
+fn read_placeholders(template_dir: &Path) -> Result<BTreeMap<String, Placeholder>> {
     let path = template_dir.join("cargo-generate.toml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

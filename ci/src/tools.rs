@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 
 /// The installed cargo-generate version, if any.
-pub fn cargo_generate_version() -> Option<String> {
+fn cargo_generate_version() -> Option<String> {
     let output = Command::new("cargo")
         .args(["generate", "--version"])
         .output()
