@@ -7,8 +7,8 @@
 //! revisited. Every test generates into its own scratch directory under the
 //! system temp dir, never inside this repository.
 //!
-//! `--path <repo root> templates/mpsc-fan-in`, the form the README documents,
-//! makes cargo-generate copy the whole repository, `target/` included, on every
+//! `--path <repo root> templates/mpsc-fan-in`, the sub-template form that
+//! `--git <url> templates/mpsc-fan-in` in the README also uses, makes cargo-generate copy the whole repository, `target/` included, on every
 //! run. Only `capacity_one_generates_project_from_repo_root` uses it; all other
 //! tests pass the template directory itself, which generates the same project.
 //!
@@ -101,7 +101,7 @@ fn generate(destination: &Path, name: &str, extra_args: &[&str]) -> Run {
     run_cargo_generate(&[template.as_os_str()], destination, name, extra_args)
 }
 
-/// Like [`generate`], but in the form the README documents:
+/// Like [`generate`], but in the sub-template form the README documents:
 /// `--path <repo root> templates/mpsc-fan-in`. Slow: copies the whole repository.
 fn generate_from_repo_root(destination: &Path, name: &str, extra_args: &[&str]) -> Run {
     let root = OsStr::new(env!("CARGO_MANIFEST_DIR"));
