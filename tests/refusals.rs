@@ -9,8 +9,9 @@
 //!
 //! `--path <repo root> templates/mpsc-fan-in`, the sub-template form that
 //! `--git <url> templates/mpsc-fan-in` in the README also uses, makes
-//! cargo-generate copy the whole repository, `target/` included, on every run. Only `capacity_one_generates_project_from_repo_root` uses it; all other
-//! tests pass the template directory itself, which generates the same project.
+//! cargo-generate copy the whole repository, `target/` included, on every run.
+//! Only `capacity_one_generates_project_from_repo_root` uses it; all other tests
+//! pass the template directory itself, which generates the same project.
 //!
 //! cargo-generate reports errors through `anyhow`, which appends a stack
 //! backtrace when `RUST_BACKTRACE` is set; the child runs without it, as a
