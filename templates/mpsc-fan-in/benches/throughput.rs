@@ -11,11 +11,12 @@ use std::hint::black_box;
 
 use clap::Parser;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline;
 use {{crate_name}}::workload::DemoWorkload;
-use tokio::runtime::Runtime;
-use tokio_util::sync::CancellationToken;
 
 const ITEMS: u64 = 200_000;
 const PRODUCERS: u64 = 4;
@@ -23,7 +24,7 @@ const CAPACITY: usize = 64;
 
 /// The runtime flavor `main` uses, so the numbers match the service.
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_{{runtime}}()
         .enable_all()
         .build()
         .unwrap()

@@ -5,10 +5,11 @@
 
 use std::process::ExitCode;
 
+use tokio_util::sync::CancellationToken;
+
 use {{crate_name}}::config::{self, Config};
 use {{crate_name}}::workload::DemoWorkload;
 use {{crate_name}}::{pipeline, shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
 
 const BAD_CONFIG: u8 = 2;
 

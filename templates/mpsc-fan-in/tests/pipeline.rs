@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use clap::Parser;
-use {{crate_name}}::config::Config;
-use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
-use {{crate_name}}::report::Report;
 use proptest::prelude::*;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+use {{crate_name}}::config::Config;
+use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
+use {{crate_name}}::report::Report;
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]

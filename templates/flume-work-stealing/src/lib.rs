@@ -1,0 +1,18 @@
+//! A service built around flume work-stealing: async producers feed one
+//! bounded `flume` channel, and a pool of workers, each holding a clone of the
+//! receiver, takes items off it as they become free.
+//!
+//! Where things live:
+//! - [`workload`]: your item type and handler; the one module to edit.
+//! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
+//! - [`workers`]: how one worker runs, as an async task or an OS thread,
+//!   whichever kind this project was generated with.
+//! - [`config`], [`telemetry`], [`shutdown`], [`report`]: the service chassis.
+
+pub mod config;
+pub mod pipeline;
+pub mod report;
+pub mod shutdown;
+pub mod telemetry;
+pub mod workers;
+pub mod workload;

@@ -1,0 +1,289 @@
+//! The topology: `--producers` async tasks feed one bounded `flume` channel,
+//! and `--workers` workers each hold a clone of its receiver. Whichever worker
+//! is free takes the next item, so one slow item never holds up the others.
+//!
+//! ```text
+//! producer 0 ─┐                          ┌─▶ worker 0 ─▶ Workload::handle
+//! producer 1 ─┼─▶ [ flume, capacity N ] ─┼─▶ worker 1 ─▶ Workload::handle
+//! producer … ─┘                          └─▶ worker … ─▶ Workload::handle
+//! ```
+//!
+//! How a worker runs (async task or OS thread) lives in [`crate::workers`];
+//! everything here is the same for both kinds.
+//!
+//! The run ends when every producer has finished and the workers have drained
+//! the channel. Cancellation only stops the producers: once the last `Sender`
+//! is gone the channel disconnects, and each worker's receive returns an error
+//! after the queue is empty. Workers never watch the token themselves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use flume::TrySendError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::report::{self, Counters, Report};
+use crate::workers;
+
+pub use crate::workers::Workload;
+
+/// The name this topology reports itself under.
+pub const TOPOLOGY: &str = "flume-work-stealing";
+
+/// Producers look at the cancellation token at least once per this many items,
+/// and after every send that had to wait for a free slot.
+const CANCEL_CHECK_EVERY: u64 = 64;
+
+/// Each worker samples the queue depth once per this many items.
+const DEPTH_SAMPLE_EVERY: u64 = 64;
+
+/// Flags of this topology.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Workers taking items off the channel, each one {% if worker_kind == "tasks" %}an async task{% else %}an OS thread{% endif %}.
+    #[arg(long, value_name = "N", default_value = "4", value_parser = crate::config::task_count, allow_negative_numbers = true)]
+    pub workers: usize,
+}
+
+/// The most items that can be produced but not yet finished at any moment:
+/// the channel's capacity, one item per producer waiting in `send_async` for a
+/// free slot (flume keeps a waiting sender's item outside the queue), and one
+/// item in the hands of each worker.
+pub fn max_in_flight(config: &Config) -> usize {
+    config.capacity + config.producers + config.topology.workers
+}
+
+/// Runs the pipeline until all `config.items` are handled or `shutdown` is
+/// cancelled and the queued items are drained.
+pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+    let started = Instant::now();
+    let worker_count = config.topology.workers;
+    let workload = Arc::new(workload);
+    let counters = Arc::new(Counters::new(config.producers, worker_count));
+    // A panicking producer, or a worker that cannot start, stops the producers
+    // through this child token without cancelling the caller's token.
+    let stop = shutdown.child_token();
+    let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        producers = config.producers,
+        workers = worker_count,
+        worker_kind = workers::KIND,
+        capacity = config.capacity,
+        items = config.items,
+        "pipeline started"
+    );
+
+    let mut pipeline_errors = 0;
+    let mut worker_handles = Vec::with_capacity(worker_count);
+    for id in 0..worker_count {
+        let worker = Worker::new(id, rx.clone(), Arc::clone(&workload), Arc::clone(&counters));
+        match workers::spawn(worker, &tracker) {
+            Ok(handle) => worker_handles.push((id, handle)),
+            Err(error) => {
+                tracing::error!(id, %error, "cannot start worker; stopping the run");
+                pipeline_errors += 1;
+                stop.cancel();
+            }
+        }
+    }
+    // Producers notice that every worker is gone (all panicked) only when the
+    // last `Receiver` is dropped. The workers own clones; this original must
+    // go now, or producers would wait forever for a slot nobody frees.
+    drop(rx);
+
+    let producers: Vec<JoinHandle<()>> = (0..config.producers)
+        .map(|id| {
+            let producer = Producer {
+                id,
+                stride: config.producers as u64,
+                items: config.items,
+                tx: tx.clone(),
+                workload: Arc::clone(&workload),
+                counters: Arc::clone(&counters),
+                stop: stop.clone(),
+            };
+            tracker.spawn(
+                producer
+                    .run()
+                    .instrument(tracing::info_span!("producer", id)),
+            )
+        })
+        .collect();
+    // Workers see the end of input only when every `Sender` is gone. The
+    // producers own clones; this original must go now, or the workers would
+    // wait forever for items that never come.
+    drop(tx);
+
+    let done = CancellationToken::new();
+    if let Some(every) = config.progress_interval() {
+        tracker.spawn(report::log_progress(
+            Arc::clone(&counters),
+            every,
+            done.clone(),
+        ));
+    }
+    tracker.close();
+
+    for producer in producers {
+        if let Err(error) = producer.await {
+            tracing::error!(task = "producer", %error, "pipeline task panicked");
+            pipeline_errors += 1;
+        }
+    }
+    for (id, handle) in worker_handles {
+        if let Err(panic) = workers::join(handle).await {
+            tracing::error!(task = "worker", id, panic = %panic, "pipeline task panicked");
+            pipeline_errors += 1;
+        }
+    }
+    done.cancel();
+    tracker.wait().await;
+
+    let cancelled = shutdown.is_cancelled();
+    let report = Report::new(
+        TOPOLOGY,
+        counters.totals(),
+        counters.peak_queue_depth(),
+        started,
+        pipeline_errors,
+        cancelled,
+    );
+    tracing::info!(
+        produced = report.produced,
+        handled = report.handled,
+        failed = report.failed,
+        handled_per_worker = ?report.handled_per_worker,
+        "pipeline finished"
+    );
+    report
+}
+
+/// One source task and everything it needs.
+struct Producer<W: Workload> {
+    id: usize,
+    stride: u64,
+    items: u64,
+    tx: flume::Sender<W::Item>,
+    workload: Arc<W>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl<W: Workload> Producer<W> {
+    /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
+    /// is reached, the run is cancelled or every worker is gone.
+    async fn run(self) {
+        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
+        let slot = self.counters.producer(self.id);
+        let mut produced = 0u64;
+        let mut seq = self.id as u64;
+        while self.items == 0 || seq < self.items {
+            if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
+                break;
+            }
+            let item = self.workload.produce(seq);
+            // `try_send` is the fast path while the channel has room. When it
+            // is full, `send_async` waits for a slot, and that wait is never
+            // raced against cancellation in `select!`: flume keeps a waiting
+            // sender's item inside the send future, so dropping the future
+            // either drops the item or, if a worker took it a moment before,
+            // delivers it without telling us. Both break the accounting. The
+            // wait ends as soon as a worker frees a slot, which workers keep
+            // doing until the channel is empty, so it cannot hang a shutdown.
+            let waited = match self.tx.try_send(item) {
+                Ok(()) => false,
+                Err(TrySendError::Full(item)) => match self.tx.send_async(item).await {
+                    Ok(()) => true,
+                    Err(_every_worker_gone) => break,
+                },
+                Err(TrySendError::Disconnected(_)) => break,
+            };
+            produced += 1;
+            slot.publish(produced);
+            seq += self.stride;
+            if waited {
+                // Having waited anyway, look at cancellation right away, so a
+                // cancelled producer sends at most the one item it held.
+                if self.stop.is_cancelled() {
+                    break;
+                }
+            } else {
+                // flume does not take part in tokio's cooperative scheduling.
+                // Without this, a producer that never finds the channel full
+                // would never yield, and could starve the signal listener and
+                // the progress line on its runtime thread.
+                tokio::task::consume_budget().await;
+            }
+        }
+        tracing::debug!(produced, "producer finished");
+    }
+}
+
+/// What every worker carries, whatever its kind: its receiver clone, the
+/// workload, and its own counter slot.
+pub(crate) struct Worker<W: Workload> {
+    pub(crate) id: usize,
+    pub(crate) rx: flume::Receiver<W::Item>,
+    pub(crate) workload: Arc<W>,
+    counters: Arc<Counters>,
+    handled: u64,
+    failed: u64,
+}
+
+impl<W: Workload> Worker<W> {
+    fn new(
+        id: usize,
+        rx: flume::Receiver<W::Item>,
+        workload: Arc<W>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            id,
+            rx,
+            workload,
+            counters,
+            handled: 0,
+            failed: 0,
+        }
+    }
+
+    /// Call right after taking an item. Samples the queue depth now and then:
+    /// reading it locks the channel, and the recorded peak is a shared line.
+    pub(crate) fn took_item(&self) {
+        if (self.handled + self.failed).is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            self.counters.observe_queue_depth(self.rx.len() + 1);
+        }
+    }
+
+    /// Counts the outcome of one item and publishes it to this worker's slot,
+    /// so that at any moment only the item in hand is unaccounted for.
+    pub(crate) fn finished(&mut self, outcome: anyhow::Result<()>) {
+        match outcome {
+            Ok(()) => self.handled += 1,
+            Err(error) => {
+                self.failed += 1;
+                tracing::warn!(error = format!("{error:#}"), "item failed");
+            }
+        }
+        self.counters
+            .worker(self.id)
+            .publish(self.handled, self.failed);
+    }
+}
+
+/// Cancels the run when dropped during a panic, so one failing producer stops
+/// the rest instead of leaving them running until their quota is done.
+struct StopOnPanic(CancellationToken);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.cancel();
+        }
+    }
+}

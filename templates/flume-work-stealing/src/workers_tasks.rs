@@ -1,0 +1,74 @@
+//! Workers as async tasks on the tokio runtime (generated with
+//! `worker_kind=tasks`). Pick this kind when handling an item mostly waits on
+//! I/O: a database, an HTTP call, a file.
+//!
+//! Each worker is a task that loops on `recv_async` over its receiver clone
+//! and awaits [`Workload::handle`]. Everything here runs on the runtime, so
+//! nothing may block: a blocking `send`/`recv` or a long computation would
+//! stall every other task on that runtime thread, and on a `current_thread`
+//! runtime it deadlocks the whole pipeline
+//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves it does not).
+
+use std::future::Future;
+
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::pipeline::Worker;
+
+/// The worker kind, as it appears in the logs.
+pub const KIND: &str = "tasks";
+
+/// What the pipeline needs from the code it carries. Implemented by
+/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
+pub trait Workload: Send + Sync + 'static {
+    /// One unit of work travelling through the channel.
+    type Item: Send + 'static;
+
+    /// Creates item number `seq`. Each `seq` below `--items` is produced
+    /// exactly once, by one of the producer tasks. It runs on the runtime, so
+    /// keep it cheap and never block in it.
+    fn produce(&self, seq: u64) -> Self::Item;
+
+    /// Handles one item, on whichever worker task took it. It runs on the
+    /// runtime: await I/O here, never block. An error is counted and logged,
+    /// and the worker goes on with the next item.
+    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A running worker.
+pub(crate) type Handle = JoinHandle<()>;
+
+/// Starts one worker task. Spawning a task cannot fail.
+pub(crate) fn spawn<W: Workload>(
+    worker: Worker<W>,
+    tracker: &TaskTracker,
+) -> std::io::Result<Handle> {
+    let span = tracing::info_span!("worker", id = worker.id);
+    Ok(tracker.spawn(work(worker).instrument(span)))
+}
+
+/// Waits for a worker to end; `Err` describes its panic.
+pub(crate) async fn join(handle: Handle) -> Result<(), String> {
+    handle.await.map_err(|error| error.to_string())
+}
+
+/// Takes items until the channel is empty and every sender is gone.
+///
+/// The loop never races `recv_async` against anything in `select!`, not even
+/// against cancellation: dropping a pending `recv_async` future can lose the
+/// wake-up meant for it, leaving an item queued while every worker sleeps.
+/// Shutdown closes the channel instead (the producers stop and drop their
+/// senders), and `recv_async` returns `Err` once the queue is drained.
+async fn work<W: Workload>(mut worker: Worker<W>) {
+    while let Ok(item) = worker.rx.recv_async().await {
+        worker.took_item();
+        let outcome = worker.workload.handle(item).await;
+        worker.finished(outcome);
+        // flume does not take part in tokio's cooperative scheduling. Without
+        // this, a worker that always finds an item waiting (and a handler that
+        // never awaits anything slow) would never yield its runtime thread.
+        tokio::task::consume_budget().await;
+    }
+}

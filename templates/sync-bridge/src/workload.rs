@@ -1,0 +1,130 @@
+//! ✎ YOUR CODE GOES HERE.
+//!
+//! This is the one module to edit: what an item is, the blocking I/O at the
+//! edge of the service, and the async handling in the middle. It knows
+//! nothing about channels, threads or tasks; `src/pipeline.rs` decides where
+//! each method runs:
+{% if direction == "sync-to-async" %}//!
+//! - [`BlockingSource::read`] runs on the source threads (`std::thread`), so
+//!   it may block: the demo reads lines from `--input` (a file, or stdin
+//!   with `-`), or makes numbered items when no input is given.
+//! - [`Workload::process`] runs on async worker tasks, so it must await and
+//!   never block: the demo waits `--work-us` microseconds.
+{% elsif direction == "async-to-sync" %}//!
+//! - [`Workload::produce`] runs on async producer tasks, so it must await and
+//!   never block: the demo waits `--work-us` microseconds and makes a
+//!   numbered record.
+//! - [`BlockingSink::write`] runs on the sink thread (`std::thread`), so it
+//!   may block: the demo writes one line per record to `--output`, or
+//!   discards them when no output is given.
+{% else %}//!
+//! - [`BlockingSource::read`] runs on the source threads (`std::thread`), so
+//!   it may block: the demo reads lines from `--input` (a file, or stdin
+//!   with `-`), or makes numbered items when no input is given.
+//! - [`Workload::process`] runs on async worker tasks, so it must await and
+//!   never block: the demo waits `--work-us` microseconds and upper-cases
+//!   the line.
+//! - [`BlockingSink::write`] runs on the sink thread (`std::thread`), so it
+//!   may block: the demo writes one line per record to `--output`, or
+//!   discards them when no output is given.
+{% endif %}
+{% if direction != "async-to-sync" %}mod input;
+{% endif %}{% if direction != "sync-to-async" %}mod output;
+{% endif %}
+{% if direction != "sync-to-async" %}use std::io::Write;
+{% endif %}use std::time::Duration;
+
+use crate::config::Config;
+{% if direction == "sync-to-async" %}use crate::pipeline::{BlockingSource, Workload};
+{% elsif direction == "async-to-sync" %}use crate::pipeline::{BlockingSink, OutputPath, Workload};
+{% else %}use crate::pipeline::{BlockingSink, BlockingSource, OutputPath, Workload};
+{% endif %}
+/// One unit of work. Replace it with your own type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number, unique within a run.
+    pub seq: u64,
+    /// The input line; empty for generated records (an empty `String` does
+    /// not allocate).
+    pub text: String,
+}
+
+/// The demo workload that `main` runs.
+pub struct DemoWorkload {
+    work: Duration,
+{% if direction != "async-to-sync" %}    input: Option<input::Lines>,
+{% endif %}{% if direction != "sync-to-async" %}    output: Option<OutputPath>,
+{% endif %}}
+
+impl DemoWorkload {
+    /// Builds the workload from the service configuration. It opens nothing:
+    /// files are opened on the pipeline's threads, where blocking is allowed.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            work: config.work(),
+{% if direction != "async-to-sync" %}            input: config.topology.input.clone().map(input::Lines::new),
+{% endif %}{% if direction != "sync-to-async" %}            output: config.topology.output.clone(),
+{% endif %}        }
+    }
+
+    /// Simulated async work. tokio's timer has millisecond resolution: a few
+    /// microseconds still wait about 1 ms.
+    async fn simulate_work(&self) {
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
+        }
+    }
+}
+{% if direction != "async-to-sync" %}
+impl BlockingSource for DemoWorkload {
+    type Item = Record;
+
+    fn read(&self, seq: u64) -> anyhow::Result<Option<Record>> {
+        let Some(input) = &self.input else {
+            return Ok(Some(Record {
+                seq,
+                text: String::new(),
+            }));
+        };
+        Ok(input.next_line()?.map(|text| Record { seq, text }))
+    }
+}
+{% endif %}{% if direction != "sync-to-async" %}
+impl BlockingSink for DemoWorkload {
+    type Output = Record;
+    type Writer = Box<dyn Write>;
+
+    fn open(&self) -> anyhow::Result<Box<dyn Write>> {
+        output::open(self.output.as_ref())
+    }
+
+    fn write(&self, writer: &mut Box<dyn Write>, record: Record) -> anyhow::Result<()> {
+        writeln!(writer, "{}\t{}", record.seq, record.text)?;
+        Ok(())
+    }
+
+    fn finish(&self, mut writer: Box<dyn Write>) -> anyhow::Result<()> {
+        writer.flush()?;
+        Ok(())
+    }
+}
+{% endif %}
+impl Workload for DemoWorkload {
+{% if direction == "sync-to-async" %}    async fn process(&self, record: Record) -> anyhow::Result<()> {
+        self.simulate_work().await;
+        std::hint::black_box(record);
+        Ok(())
+    }
+{% elsif direction == "async-to-sync" %}    async fn produce(&self, seq: u64) -> anyhow::Result<Record> {
+        self.simulate_work().await;
+        Ok(Record {
+            seq,
+            text: String::new(),
+        })
+    }
+{% else %}    async fn process(&self, mut record: Record) -> anyhow::Result<Record> {
+        self.simulate_work().await;
+        record.text.make_ascii_uppercase();
+        Ok(record)
+    }
+{% endif %}}

@@ -1,0 +1,92 @@
+//! A generated project must pass `cargo fmt --check` whatever it is called.
+//!
+//! rustfmt sorts `use` lines within a group, so an import of the project's own
+//! crate that shares a group with other crates lands in a different place
+//! depending on the project name. The matrix generates every template under
+//! one fixed name and cannot see that; this test generates each template
+//! under names that sort before and after every dependency.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use conveyor_ci::matrix::Matrix;
+use conveyor_ci::repo_root;
+
+/// Project names that sort before and after every crate the templates use.
+const NAMES: [&str; 2] = ["aaa-first-svc", "zzz-last-svc"];
+
+/// A directory under the system temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn generate(template: &str, name: &str, values: &BTreeMap<String, String>, into: &Path) -> PathBuf {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .arg("generate")
+        .arg("--path")
+        .arg(repo_root().join("templates").join(template))
+        .arg(format!("--name={name}"))
+        .arg("--destination")
+        .arg(into)
+        .args(["--silent", "--vcs", "none"])
+        .env_remove("RUST_BACKTRACE");
+    for (key, value) in values {
+        command.arg("-d").arg(format!("{key}={value}"));
+    }
+    let output = command.output().expect("cargo generate runs");
+    assert!(
+        output.status.success(),
+        "{template} {values:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    into.join(name)
+}
+
+/// Every value of every axis (one axis at a time, the rest at their
+/// defaults), under each name, is formatted as rustfmt wants it.
+#[test]
+fn generated_code_is_formatted_for_any_project_name() {
+    let matrix = Matrix::load(repo_root()).unwrap();
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("conveyor-names-{}", std::process::id())));
+    let mut checked = 0;
+    for template in &matrix.templates {
+        let mut variants: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+        for (axis, values) in &template.axes {
+            variants.extend(
+                values
+                    .iter()
+                    .map(|value| BTreeMap::from([(axis.clone(), value.clone())])),
+            );
+        }
+        for (index, values) in variants.iter().enumerate() {
+            for name in NAMES {
+                let into = scratch.0.join(format!("{}-{index}", template.name));
+                std::fs::create_dir_all(&into).unwrap();
+                let project = generate(&template.name, name, values, &into);
+                let fmt = Command::new(env!("CARGO"))
+                    .args(["fmt", "--check"])
+                    .current_dir(&project)
+                    .output()
+                    .unwrap();
+                assert!(
+                    fmt.status.success(),
+                    "{} {values:?} named {name}: cargo fmt --check failed:\n{}",
+                    template.name,
+                    String::from_utf8_lossy(&fmt.stdout)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 2 * matrix.templates.len(),
+        "only {checked} projects checked"
+    );
+}
