@@ -1,0 +1,161 @@
+//! Throughput of the template's pipeline next to bare loops of the same shape
+//! (4 producer tasks, capacity 64, one consumer task, `u64` items) on kanal,
+//! tokio mpsc and flume, and a plain two-thread crossbeam-channel loop.
+//!
+//! - "bare kanal" is the floor this template is built to stay close to: the
+//!   gap between it and "template pipeline" is what the scaffold costs
+//!   (stop flag, counters, spans, task tracking).
+//! - "bare tokio mpsc" and "bare flume" show what the other channel crates
+//!   give for the same shape, i.e. why this template uses kanal.
+//! - "crossbeam spsc threads" moves the same items from one OS thread to
+//!   another through `crossbeam_channel::bounded`, with no async runtime at
+//!   all: a reference for how close the async pipeline gets to the hardware.
+//!
+//! As in the pipeline, each async consumer is a spawned task, not the future
+//! that `block_on` drives, and the runtime has the flavor `main` uses.
+//! Compare the numbers as ratios within one run: absolute items/s depend on
+//! the machine and whatever else it is doing.
+
+use std::hint::black_box;
+
+use clap::Parser;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+use {{crate_name}}::config::Config;
+use {{crate_name}}::pipeline;
+use {{crate_name}}::workload::DemoWorkload;
+
+const ITEMS: u64 = 200_000;
+const PRODUCERS: u64 = 4;
+const CAPACITY: usize = 64;
+
+/// The runtime flavor `main` uses, so the numbers match the service.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_{{runtime}}()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Items each bare producer sends: producer `p` sends `p, p + 4, p + 8, …`.
+fn share(producer: u64) -> impl Iterator<Item = u64> {
+    (producer..ITEMS).step_by(PRODUCERS as usize)
+}
+
+async fn template_pipeline(config: &Config) -> u64 {
+    let report = pipeline::run(config, DemoWorkload::new(config), CancellationToken::new()).await;
+    report.handled
+}
+
+async fn bare_kanal() -> u64 {
+    let (tx, rx) = kanal::bounded_async(CAPACITY);
+    for producer in 0..PRODUCERS {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for item in share(producer) {
+                tx.send(item).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Ok(item) = rx.recv().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
+}
+
+async fn bare_tokio_mpsc() -> u64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CAPACITY);
+    for producer in 0..PRODUCERS {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for item in share(producer) {
+                tx.send(item).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(item) = rx.recv().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
+}
+
+async fn bare_flume() -> u64 {
+    let (tx, rx) = flume::bounded(CAPACITY);
+    for producer in 0..PRODUCERS {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for item in share(producer) {
+                tx.send_async(item).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let consumer = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Ok(item) = rx.recv_async().await {
+            sum = sum.wrapping_add(item);
+        }
+        sum
+    });
+    consumer.await.unwrap()
+}
+
+/// One producer thread, one consumer thread, blocking sends and receives.
+fn crossbeam_spsc_threads() -> u64 {
+    let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
+    let producer = std::thread::spawn(move || {
+        for item in 0..ITEMS {
+            tx.send(item).unwrap();
+        }
+    });
+    let consumer = std::thread::spawn(move || rx.iter().fold(0u64, u64::wrapping_add));
+    producer.join().unwrap();
+    consumer.join().unwrap()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let runtime = runtime();
+    let config = Config::try_parse_from([
+        "bench".to_owned(),
+        format!("--producers={PRODUCERS}"),
+        format!("--capacity={CAPACITY}"),
+        format!("--items={ITEMS}"),
+        "--progress-secs=0".to_owned(),
+    ])
+    .unwrap();
+
+    let mut group = c.benchmark_group("hot path 4 producers capacity 64");
+    group.throughput(Throughput::Elements(ITEMS));
+    group.sample_size(20);
+    group.bench_function("template pipeline", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&config))))
+    });
+    group.bench_function("bare kanal", |b| {
+        b.iter(|| black_box(runtime.block_on(bare_kanal())))
+    });
+    group.bench_function("bare tokio mpsc", |b| {
+        b.iter(|| black_box(runtime.block_on(bare_tokio_mpsc())))
+    });
+    group.bench_function("bare flume", |b| {
+        b.iter(|| black_box(runtime.block_on(bare_flume())))
+    });
+    group.bench_function("crossbeam spsc threads", |b| {
+        b.iter(|| black_box(crossbeam_spsc_threads()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

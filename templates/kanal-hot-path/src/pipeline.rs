@@ -1,0 +1,327 @@
+//! The topology: `--producers` tasks feed one bounded `kanal` async channel,
+//! and a single consumer task drains it.
+//!
+//! ```text
+//! producer 0 ─┐
+//! producer 1 ─┼─▶ [ kanal::bounded_async, capacity N ] ─▶ consumer ─▶ Workload::handle
+//! producer … ─┘
+//! ```
+//!
+//! Two facts about kanal 0.1 shape everything below:
+//!
+//! - Its futures are not cancel safe. A `recv` future dropped while an item is
+//!   being handed to it drops that item, and a `send` future dropped while it
+//!   waits for room drops the item it carries. So no kanal future is ever raced
+//!   in `select!` or put under a timeout here: each one is awaited to the end.
+//! - `close()` empties the queue. So shutdown never closes the channel:
+//!   producers stop and drop their senders, and the consumer drains until
+//!   `recv` reports that every sender is gone and the queue is empty.
+//!
+//! The run ends when every producer has finished and the consumer has drained
+//! the channel, or, after cancellation, when the producers have stopped and the
+//! consumer has drained what was already queued.
+//!
+//! What one item costs beyond the channel itself: a producer loads a flag that
+//! only changes once, and stores a running total into a counter slot that no
+//! other task writes. The consumer stores its totals once per wake-up, and
+//! with batching it takes the channel's lock once per wake-up rather than once
+//! per item. Nothing on this path allocates, and the task spans are off at the
+//! default log level.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
+
+use kanal::{AsyncReceiver, AsyncSender};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::report::{self, Counters, Report};
+
+/// The name this topology reports itself under.
+pub const TOPOLOGY: &str = "kanal-hot-path";
+
+/// Whether the consumer, each time `recv` hands it an item, also takes
+/// everything else already waiting with one `drain_into` (one lock for the
+/// lot) instead of going back to `recv` for each item.
+pub const BATCHING: bool = {% if batching %}true{% else %}false{% endif %};
+
+/// Without batching, the consumer samples the queue depth once per this many
+/// receives (reading it takes the channel's lock). With batching it comes free
+/// with every `drain_into`.
+const DEPTH_SAMPLE_EVERY: u64 = 64;
+
+/// Flags of this topology. A fan-in has one consumer, so it adds none.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TopologyArgs {}
+
+/// The most items the consumer holds outside the channel at any moment: the
+/// one `recv` returned, plus, with batching, everything `drain_into` took (a
+/// full queue and the item of every producer waiting for room).
+pub const fn max_held_by_consumer(capacity: usize, producers: usize) -> usize {
+    if BATCHING {
+        1 + capacity + producers
+    } else {
+        1
+    }
+}
+
+/// The most items that exist at once: queued in the channel, waiting in a
+/// producer's `send` (one per producer) and held by the consumer. A slow
+/// consumer slows the producers down; memory never grows past this.
+pub const fn max_in_flight(capacity: usize, producers: usize) -> usize {
+    capacity + producers + max_held_by_consumer(capacity, producers)
+}
+
+/// What the pipeline needs from the code it carries. Implemented by
+/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
+pub trait Workload: Send + Sync + 'static {
+    /// One unit of work travelling through the channel.
+    type Item: Send + 'static;
+
+    /// Creates item number `seq`. Each `seq` below `--items` is produced
+    /// exactly once, by one of the producers, right before it is sent. It is
+    /// on the hot path, so keep it cheap and free of allocations.
+    fn produce(&self, seq: u64) -> Self::Item;
+
+    /// Handles one item. An error is counted and logged, and the pipeline
+    /// goes on with the next item.
+    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Runs the pipeline until all `config.items` are handled or `shutdown` is
+/// cancelled and the queued items are drained.
+pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+    let started = Instant::now();
+    let workload = Arc::new(workload);
+    let counters = Arc::new(Counters::new(config.producers, 1));
+    // A panicking producer stops the others through this child token without
+    // cancelling the caller's token.
+    let stop = shutdown.child_token();
+    let stopping = Arc::new(StopFlag::default());
+    let (tx, rx) = kanal::bounded_async::<W::Item>(config.capacity);
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        producers = config.producers,
+        capacity = config.capacity,
+        items = config.items,
+        batching = BATCHING,
+        "pipeline started"
+    );
+
+    // The task spans are at debug level: an enabled span is entered and left
+    // on every poll of its task, which this pipeline does up to once per item.
+    // At the default `info` level they cost nothing; `RUST_LOG=debug` shows them.
+
+    // Producers look at the stop flag before every item; asking the token
+    // itself would take its lock each time.
+    tracker.spawn(Arc::clone(&stopping).follow(stop.clone()));
+
+    let producers: Vec<JoinHandle<()>> = (0..config.producers)
+        .map(|id| {
+            let producer = Producer {
+                id,
+                stride: config.producers as u64,
+                items: config.items,
+                tx: tx.clone(),
+                workload: Arc::clone(&workload),
+                counters: Arc::clone(&counters),
+                stop: stop.clone(),
+                stopping: Arc::clone(&stopping),
+            };
+            tracker.spawn(
+                producer
+                    .run()
+                    .instrument(tracing::debug_span!("producer", id)),
+            )
+        })
+        .collect();
+    // The consumer sees the end of input only when every sender is gone. The
+    // producers own clones; this original must go now, or the consumer would
+    // wait forever for items that never come.
+    drop(tx);
+
+    let held = max_held_by_consumer(config.capacity, config.producers);
+    let consumer = tracker.spawn(
+        consume(rx, workload, Arc::clone(&counters), held)
+            .instrument(tracing::debug_span!("consumer")),
+    );
+    let done = CancellationToken::new();
+    if let Some(every) = config.progress_interval() {
+        tracker.spawn(report::log_progress(
+            Arc::clone(&counters),
+            every,
+            done.clone(),
+        ));
+    }
+    tracker.close();
+
+    let mut panicked_tasks = 0;
+    for producer in producers {
+        panicked_tasks += usize::from(joined_with_panic(producer.await, "producer"));
+    }
+    panicked_tasks += usize::from(joined_with_panic(consumer.await, "consumer"));
+    done.cancel();
+    // Releases the stop-flag task. `stop` is a child token, so the caller's
+    // token, and with it `cancelled` below, is unaffected.
+    stop.cancel();
+    tracker.wait().await;
+
+    let cancelled = shutdown.is_cancelled();
+    let report = Report::new(
+        TOPOLOGY,
+        counters.totals(),
+        counters.peak_queue_depth(),
+        started,
+        panicked_tasks,
+        cancelled,
+    );
+    tracing::info!(
+        produced = report.produced,
+        handled = report.handled,
+        failed = report.failed,
+        "pipeline finished"
+    );
+    report
+}
+
+/// The run's stop signal as a plain flag: written once, read by every
+/// producer before every item for the price of one load. Alone on its cache
+/// line, so the counters written next to it never evict it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct StopFlag(AtomicBool);
+
+impl StopFlag {
+    fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+
+    /// Sets the flag once `token` is cancelled.
+    async fn follow(self: Arc<Self>, token: CancellationToken) {
+        token.cancelled().await;
+        self.0.store(true, Relaxed);
+    }
+}
+
+/// One source task and everything it needs.
+struct Producer<W: Workload> {
+    id: usize,
+    stride: u64,
+    items: u64,
+    tx: AsyncSender<W::Item>,
+    workload: Arc<W>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    stopping: Arc<StopFlag>,
+}
+
+impl<W: Workload> Producer<W> {
+    /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
+    /// is reached, the run is cancelled or the consumer is gone.
+    async fn run(self) {
+        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
+        let slot = self.counters.producer(self.id);
+        let mut produced = 0u64;
+        let mut seq = self.id as u64;
+        while (self.items == 0 || seq < self.items) && !self.stopping.is_set() {
+            let item = self.workload.produce(seq);
+            produced += 1;
+            // Awaited to the end, never raced against cancellation: a kanal
+            // send future dropped while it waits for room drops the item it
+            // carries. The wait is bounded all the same, because the consumer
+            // keeps draining until every producer is gone, and the stop flag
+            // is read again before the next item is made. So after a shutdown
+            // request each producer finishes at most the one send it is in.
+            let sent = self.tx.send(item).await;
+            slot.publish(produced);
+            if sent.is_err() {
+                // Only a consumer that panicked drops the receiver. This item
+                // was made and is lost with it, so it stays counted as
+                // produced: the report then counts it as failed.
+                break;
+            }
+            seq += self.stride;
+        }
+        tracing::debug!(produced, "producer finished");
+    }
+}
+
+/// Drains the channel until every producer is gone and it is empty.
+///
+/// The consumer never looks at cancellation, and never races `recv` against
+/// anything: producers stop, their senders drop, and `recv` fails only once
+/// the queued items are all taken. That is what makes shutdown a drain rather
+/// than a loss.
+async fn consume<W: Workload>(
+    rx: AsyncReceiver<W::Item>,
+    workload: Arc<W>,
+    counters: Arc<Counters>,
+    held: usize,
+) {
+    let slot = counters.worker(0);
+    let (mut handled, mut failed) = (0u64, 0u64);
+    // Sized once for the most `drain_into` can take, then reused: filled by
+    // `drain_into`, emptied by handling, never reallocated. Without batching
+    // it stays empty and allocates nothing.
+    let mut batch: Vec<W::Item> = Vec::with_capacity(held - 1);
+    let mut wakeups = 0u64;
+    while let Ok(first) = rx.recv().await {
+        if BATCHING {
+            // Everything queued plus the item of every producer waiting for
+            // room, under one lock. It fails only when no receiver is left,
+            // and this is one.
+            let _ = rx.drain_into(&mut batch);
+        }
+        if BATCHING || wakeups.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            let waiting = if BATCHING { batch.len() } else { rx.len() };
+            counters.observe_queue_depth(1 + waiting);
+        }
+        wakeups += 1;
+        // Handled right here rather than in a helper `async fn`: a nested
+        // future per item cost measurably more than the channel itself.
+        for item in std::iter::once(first).chain(batch.drain(..)) {
+            match workload.handle(item).await {
+                Ok(()) => handled += 1,
+                Err(error) => {
+                    failed += 1;
+                    item_failed(&error);
+                }
+            }
+        }
+        slot.publish(handled, failed);
+    }
+}
+
+/// Logs a failed item; kept out of line, off the consumer's hot loop.
+#[cold]
+fn item_failed(error: &anyhow::Error) {
+    tracing::warn!(error = format!("{error:#}"), "item failed");
+}
+
+/// Logs a task's panic and says whether there was one.
+fn joined_with_panic(result: Result<(), tokio::task::JoinError>, task: &str) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(error) => {
+            tracing::error!(task, %error, "pipeline task panicked");
+            true
+        }
+    }
+}
+
+/// Cancels the run when dropped during a panic, so one failing producer stops
+/// the rest instead of leaving them running until their quota is done.
+struct StopOnPanic(CancellationToken);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.cancel();
+        }
+    }
+}

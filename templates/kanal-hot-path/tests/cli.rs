@@ -1,0 +1,191 @@
+//! The service as its users run it: the real binary, its exit codes, its
+//! report on stdout and its reaction to shutdown signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
+
+/// The environment variable behind `--items` (package name in
+/// SCREAMING_SNAKE_CASE, then the flag).
+const ITEMS_VAR: &str = "{{crate_name | upcase}}_ITEMS";
+
+fn service() -> Command {
+    let mut command = Command::new(BINARY);
+    command.env_remove("RUST_LOG").env_remove(ITEMS_VAR);
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    service()
+        .args(args)
+        .output()
+        .expect("the service binary starts")
+}
+
+fn json_report(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let report = lines.next().expect("a report on stdout");
+    assert_eq!(
+        lines.next(),
+        None,
+        "stdout must hold only the report:\n{stdout}"
+    );
+    serde_json::from_str(report).expect("the report is one JSON object")
+}
+
+/// Bad values are refused with one line on stderr and exit code 2, never a panic.
+#[test]
+fn bad_configuration_exits_2_with_one_line() {
+    for args in [
+        &["--capacity", "0"][..],
+        &["--capacity", "abc"],
+        &["--capacity", "-1"],
+        &["--producers", "0"],
+        &["--items", "many"],
+        &["--no-such-flag"],
+    ] {
+        let output = run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// `--report json` prints exactly one JSON object with every documented key;
+/// logs stay on stderr.
+#[test]
+fn json_report_accounts_for_every_item() {
+    let output = run(&[
+        "--items",
+        "5000",
+        "--report",
+        "json",
+        "--progress-secs",
+        "0",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_report(&output);
+    assert_eq!(report["produced"], 5000);
+    assert_eq!(report["handled"], 5000);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["topology"], "kanal-hot-path");
+    for key in ["elapsed_secs", "items_per_sec", "peak_queue_depth"] {
+        assert!(report[key].is_number(), "{key} missing: {report}");
+    }
+}
+
+/// Every flag falls back to its environment variable; the flag wins when both are set.
+#[test]
+fn environment_variables_back_the_flags() {
+    let output = service()
+        .env(ITEMS_VAR, "1234")
+        .args(["--report", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_report(&output)["produced"], 1234);
+
+    let output = service()
+        .env(ITEMS_VAR, "1234")
+        .args(["--report", "json", "--items", "99"])
+        .output()
+        .unwrap();
+    assert_eq!(json_report(&output)["produced"], 99);
+
+    let output = service().env(ITEMS_VAR, "lots").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// Starts the service with endless input and waits until its pipeline runs.
+fn start_endless(args: &[&str]) -> Child {
+    let mut child = service()
+        .args(["--items", "0", "--report", "json", "--progress-secs", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("pipeline started"));
+    assert!(started, "the service never logged its start");
+    // Keep draining stderr so the service never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {name} failed");
+}
+
+/// Waits for the child to exit, failing the test after `deadline`.
+fn wait_within(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            child.kill().ok();
+            panic!("the service did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM drains the queue and exits 0 with a report in which every
+/// produced item was handled.
+#[test]
+#[cfg(unix)]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut child = start_endless(&["--work-us", "2000", "--capacity", "8"]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    let status = wait_within(&mut child, Duration::from_secs(10));
+    let output = child.wait_with_output().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let report = json_report(&output);
+    assert_eq!(report["cancelled"], true);
+    assert!(report["produced"].as_u64().unwrap() > 0);
+    assert_eq!(report["produced"], report["handled"]);
+}
+
+/// A second signal cuts a long drain short: the process exits at once with
+/// a non-zero code instead of finishing the queue.
+#[test]
+#[cfg(unix)]
+fn a_second_signal_forces_exit() {
+    // 64 queued items of 0.5 s each would take half a minute to drain.
+    let mut child = start_endless(&[
+        "--work-us",
+        "500000",
+        "--capacity",
+        "64",
+        "--producers",
+        "1",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-INT");
+    let status = wait_within(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+}
