@@ -11,35 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use conveyor_ci::matrix::Matrix;
-use conveyor_ci::repo_root;
+use conveyor_ci::{ScratchDir, repo_root, tools};
 
 /// Project names that sort before and after every crate the templates use.
 const NAMES: [&str; 2] = ["aaa-first-svc", "zzz-last-svc"];
 
-/// A directory under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn generate(template: &str, name: &str, values: &BTreeMap<String, String>, into: &Path) -> PathBuf {
-    let mut command = Command::new(env!("CARGO"));
-    command
-        .arg("generate")
-        .arg("--path")
-        .arg(repo_root().join("templates").join(template))
-        .arg(format!("--name={name}"))
-        .arg("--destination")
-        .arg(into)
-        .args(["--silent", "--vcs", "none"])
-        .env_remove("RUST_BACKTRACE");
-    for (key, value) in values {
-        command.arg("-d").arg(format!("{key}={value}"));
-    }
-    let output = command.output().expect("cargo generate runs");
+    let output = tools::generate_command(repo_root(), template, name, into, values)
+        .output()
+        .expect("cargo generate runs");
     assert!(
         output.status.success(),
         "{template} {values:?}: {}",
@@ -53,8 +33,7 @@ fn generate(template: &str, name: &str, values: &BTreeMap<String, String>, into:
 #[test]
 fn generated_code_is_formatted_for_any_project_name() {
     let matrix = Matrix::load(repo_root()).unwrap();
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("conveyor-names-{}", std::process::id())));
+    let scratch = ScratchDir::new("names");
     let mut checked = 0;
     for template in &matrix.templates {
         let mut variants: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
@@ -67,7 +46,7 @@ fn generated_code_is_formatted_for_any_project_name() {
         }
         for (index, values) in variants.iter().enumerate() {
             for name in NAMES {
-                let into = scratch.0.join(format!("{}-{index}", template.name));
+                let into = scratch.path().join(format!("{}-{index}", template.name));
                 std::fs::create_dir_all(&into).unwrap();
                 let project = generate(&template.name, name, values, &into);
                 let fmt = Command::new(env!("CARGO"))

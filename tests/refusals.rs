@@ -21,7 +21,8 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use conveyor_ci::ScratchDir;
 
 const EXISTING_TARGET: &str = "Target directory already exists, aborting!";
 const TEMPLATE: &str = "templates/mpsc-fan-in";
@@ -29,33 +30,6 @@ const HOOK_SCRIPT: &str = "validate-name.rhai";
 const HOOK_FAILED: &str = "Failed executing script: ";
 const STARTS_WITH_DIGIT: &str = "starts with a digit; Rust crate names cannot";
 const KEYWORD_OR_BUILTIN: &str = "is a Rust keyword or a built-in crate name";
-
-/// A directory under the system temp dir that is unique to one test, even when
-/// several test binaries run at once, and is removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(label: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "conveyor-refusals-{label}-{}-{unique}",
-            std::process::id()
-        ));
-        // Only a killed earlier run with the same process id can have left this.
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        Self { path }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
 
 /// The outcome of one `cargo generate` run.
 #[derive(Debug)]
@@ -172,15 +146,15 @@ fn find_files_named(dir: &Path, file_name: &str) -> Vec<PathBuf> {
 /// any kebab-case rewrite, as the hook sees it) for `reason`. Like a capacity
 /// refusal, it comes after the project directory was created, which stays
 /// behind empty.
-fn assert_refused_by_name_hook(run: &Run, scratch: &Scratch, checked: &str, reason: &str) {
+fn assert_refused_by_name_hook(run: &Run, scratch: &ScratchDir, checked: &str, reason: &str) {
     run.assert_exit(1);
     run.assert_stderr_contains(HOOK_FAILED);
     run.assert_stderr_contains(HOOK_SCRIPT);
     run.assert_stderr_contains(&format!("the project name \"{checked}\" {reason}"));
     run.assert_no_panic_or_backtrace();
-    assert_eq!(entries(&scratch.path), [checked], "{run:#?}");
+    assert_eq!(entries(scratch.path()), [checked], "{run:#?}");
     assert!(
-        entries(&scratch.path.join(checked)).is_empty(),
+        entries(&scratch.path().join(checked)).is_empty(),
         "leftover project dir {checked:?} is not empty"
     );
 }
@@ -189,9 +163,9 @@ fn assert_refused_by_name_hook(run: &Run, scratch: &Scratch, checked: &str, reas
 /// plus `extra_args`, and expects the hook to refuse it for `reason`.
 fn assert_names_refused_by_hook(names: &[&str], reason: &str, extra_args: &[&str]) {
     for &name in names {
-        let scratch = Scratch::new("hook");
+        let scratch = ScratchDir::new("hook");
         let run = generate(
-            &scratch.path,
+            scratch.path(),
             name,
             &[&["-d", "capacity=1"], extra_args].concat(),
         );
@@ -206,9 +180,9 @@ fn assert_names_refused_by_hook(names: &[&str], reason: &str, extra_args: &[&str
 /// A capacity outside `^[1-9][0-9]{0,5}$` is refused only after the project
 /// directory was created, which stays behind empty.
 fn assert_capacity_refused_leaving_empty_project_dir(capacity: &str) {
-    let scratch = Scratch::new("capacity");
+    let scratch = ScratchDir::new("capacity");
     let run = generate(
-        &scratch.path,
+        scratch.path(),
         "svc",
         &["-d", &format!("capacity={capacity}")],
     );
@@ -217,9 +191,9 @@ fn assert_capacity_refused_leaving_empty_project_dir(capacity: &str) {
         "Sorry, \"{capacity}\" is not a valid value for capacity"
     ));
     run.assert_no_panic_or_backtrace();
-    assert_eq!(entries(&scratch.path), ["svc"]);
+    assert_eq!(entries(scratch.path()), ["svc"]);
     assert!(
-        entries(&scratch.path.join("svc")).is_empty(),
+        entries(&scratch.path().join("svc")).is_empty(),
         "leftover project dir is not empty"
     );
 }
@@ -252,13 +226,13 @@ fn seven_digit_capacity_is_refused_leaving_empty_project_dir() {
 /// `--force` and `--overwrite` included, until the user removes it.
 #[test]
 fn leftover_project_dir_blocks_retry_until_removed() {
-    let scratch = Scratch::new("retry");
-    let project = scratch.path.join("svc");
-    generate(&scratch.path, "svc", &["-d", "capacity=0"]).assert_exit(1);
+    let scratch = ScratchDir::new("retry");
+    let project = scratch.path().join("svc");
+    generate(scratch.path(), "svc", &["-d", "capacity=0"]).assert_exit(1);
 
     for flags in [&[][..], &["--force"], &["--overwrite"]] {
         let retry = generate(
-            &scratch.path,
+            scratch.path(),
             "svc",
             &[&["-d", "capacity=1"], flags].concat(),
         );
@@ -272,7 +246,7 @@ fn leftover_project_dir_blocks_retry_until_removed() {
     }
 
     fs::remove_dir(&project).expect("remove the empty leftover");
-    generate(&scratch.path, "svc", &["-d", "capacity=1"]).assert_exit(0);
+    generate(scratch.path(), "svc", &["-d", "capacity=1"]).assert_exit(0);
     assert!(project.join("Cargo.toml").is_file());
 }
 
@@ -280,16 +254,16 @@ fn leftover_project_dir_blocks_retry_until_removed() {
 /// touching what is already there.
 #[test]
 fn existing_project_dir_is_refused_and_left_untouched() {
-    let scratch = Scratch::new("existing");
-    let project = scratch.path.join("svc");
+    let scratch = ScratchDir::new("existing");
+    let project = scratch.path().join("svc");
     fs::create_dir(&project).expect("create project dir");
     fs::write(project.join("KEEP.txt"), "mine").expect("write marker");
 
-    let run = generate(&scratch.path, "svc", &["-d", "capacity=1"]);
+    let run = generate(scratch.path(), "svc", &["-d", "capacity=1"]);
     run.assert_exit(1);
     run.assert_stderr_contains(EXISTING_TARGET);
     run.assert_no_panic_or_backtrace();
-    assert_eq!(entries(&scratch.path), ["svc"]);
+    assert_eq!(entries(scratch.path()), ["svc"]);
     assert_eq!(entries(&project), ["KEEP.txt"]);
     assert_eq!(
         fs::read_to_string(project.join("KEEP.txt")).expect("read marker"),
@@ -303,8 +277,8 @@ fn existing_project_dir_is_refused_and_left_untouched() {
 #[test]
 fn names_that_reduce_to_nothing_are_refused_as_existing_target() {
     for name in ["", ".", "..", "_", "-"] {
-        let scratch = Scratch::new("empty-name");
-        let run = generate(&scratch.path, name, &["-d", "capacity=1"]);
+        let scratch = ScratchDir::new("empty-name");
+        let run = generate(scratch.path(), name, &["-d", "capacity=1"]);
         run.assert_exit(1);
         run.assert_stderr_contains(EXISTING_TARGET);
         if !name.is_empty() {
@@ -312,7 +286,7 @@ fn names_that_reduce_to_nothing_are_refused_as_existing_target() {
         }
         run.assert_no_panic_or_backtrace();
         assert!(
-            entries(&scratch.path).is_empty(),
+            entries(scratch.path()).is_empty(),
             "name {name:?} left something behind"
         );
     }
@@ -322,12 +296,12 @@ fn names_that_reduce_to_nothing_are_refused_as_existing_target() {
 /// with a bare I/O error that names neither the name nor a path. Nothing is created.
 #[test]
 fn slash_in_forced_name_is_refused_with_io_error() {
-    let scratch = Scratch::new("forced-slash");
-    let run = generate(&scratch.path, "a/b", &["--force", "-d", "capacity=1"]);
+    let scratch = ScratchDir::new("forced-slash");
+    let run = generate(scratch.path(), "a/b", &["--force", "-d", "capacity=1"]);
     run.assert_exit(1);
     run.assert_stderr_contains("Error: No such file or directory (os error 2)");
     run.assert_no_panic_or_backtrace();
-    assert!(entries(&scratch.path).is_empty());
+    assert!(entries(scratch.path()).is_empty());
 }
 
 /// Guards that names with spaces, slashes, capitals or a trailing dash are
@@ -340,14 +314,14 @@ fn unconventional_names_are_rewritten_to_kebab_case() {
         ("MySvc", "my-svc"),
         ("svc-", "svc"),
     ] {
-        let scratch = Scratch::new("kebab");
-        let run = generate(&scratch.path, given, &["-d", "capacity=1"]);
+        let scratch = ScratchDir::new("kebab");
+        let run = generate(scratch.path(), given, &["-d", "capacity=1"]);
         run.assert_exit(0);
         run.assert_stdout_contains(&format!(
             "Renaming project called `{given}` to `{rewritten}`"
         ));
-        assert_eq!(entries(&scratch.path), [rewritten]);
-        let manifest = fs::read_to_string(scratch.path.join(rewritten).join("Cargo.toml"))
+        assert_eq!(entries(scratch.path()), [rewritten]);
+        let manifest = fs::read_to_string(scratch.path().join(rewritten).join("Cargo.toml"))
             .expect("read manifest");
         assert!(
             manifest.contains(&format!("name = \"{rewritten}\"")),
@@ -399,8 +373,8 @@ fn hook_checks_the_name_after_kebab_case_rewrite() {
         ("_1svc", "1svc", STARTS_WITH_DIGIT),
         ("Self", "self", KEYWORD_OR_BUILTIN),
     ] {
-        let scratch = Scratch::new("hook-rewrite");
-        let run = generate(&scratch.path, given, &["-d", "capacity=1"]);
+        let scratch = ScratchDir::new("hook-rewrite");
+        let run = generate(scratch.path(), given, &["-d", "capacity=1"]);
         run.assert_stdout_contains(&format!(
             "Renaming project called `{given}` to `{rewritten}`"
         ));
@@ -412,11 +386,11 @@ fn hook_checks_the_name_after_kebab_case_rewrite() {
 /// re-running with the refused name reports the leftover, not the name.
 #[test]
 fn name_refusal_leftover_stays_until_removed() {
-    let scratch = Scratch::new("hook-retry");
-    let leftover = scratch.path.join("1svc");
-    generate(&scratch.path, "1svc", &["-d", "capacity=1"]).assert_exit(1);
+    let scratch = ScratchDir::new("hook-retry");
+    let leftover = scratch.path().join("1svc");
+    generate(scratch.path(), "1svc", &["-d", "capacity=1"]).assert_exit(1);
 
-    let again = generate(&scratch.path, "1svc", &["-d", "capacity=1"]);
+    let again = generate(scratch.path(), "1svc", &["-d", "capacity=1"]);
     again.assert_exit(1);
     again.assert_stderr_contains(EXISTING_TARGET);
     assert!(
@@ -425,18 +399,18 @@ fn name_refusal_leftover_stays_until_removed() {
     );
     again.assert_no_panic_or_backtrace();
 
-    generate(&scratch.path, "svc", &["-d", "capacity=1"]).assert_exit(0);
-    assert_eq!(entries(&scratch.path), ["1svc", "svc"]);
+    generate(scratch.path(), "svc", &["-d", "capacity=1"]).assert_exit(0);
+    assert_eq!(entries(scratch.path()), ["1svc", "svc"]);
     assert!(entries(&leftover).is_empty(), "leftover is not empty");
-    assert!(scratch.path.join("svc").join("Cargo.toml").is_file());
+    assert!(scratch.path().join("svc").join("Cargo.toml").is_file());
 }
 
 /// Guards that placeholder values are checked before the pre-hook runs: when
 /// both the capacity and the name are invalid, only the capacity is reported.
 #[test]
 fn invalid_capacity_is_reported_before_invalid_name() {
-    let scratch = Scratch::new("capacity-and-name");
-    let run = generate(&scratch.path, "1svc", &["-d", "capacity=0"]);
+    let scratch = ScratchDir::new("capacity-and-name");
+    let run = generate(scratch.path(), "1svc", &["-d", "capacity=0"]);
     run.assert_exit(1);
     run.assert_stderr_contains("Sorry, \"0\" is not a valid value for capacity");
     assert!(
@@ -444,8 +418,8 @@ fn invalid_capacity_is_reported_before_invalid_name() {
         "hook ran after the capacity refusal: {run:#?}"
     );
     run.assert_no_panic_or_backtrace();
-    assert_eq!(entries(&scratch.path), ["1svc"]);
-    assert!(entries(&scratch.path.join("1svc")).is_empty());
+    assert_eq!(entries(scratch.path()), ["1svc"]);
+    assert!(entries(&scratch.path().join("1svc")).is_empty());
 }
 
 /// Positive control, in the form the README documents (`--path <repo root>
@@ -454,13 +428,13 @@ fn invalid_capacity_is_reported_before_invalid_name() {
 /// guards that the template's pre-hook script is not copied into the project.
 #[test]
 fn capacity_one_generates_project_from_repo_root() {
-    let scratch = Scratch::new("valid");
-    let run = generate_from_repo_root(&scratch.path, "svc", &["-d", "capacity=1"]);
+    let scratch = ScratchDir::new("valid");
+    let run = generate_from_repo_root(scratch.path(), "svc", &["-d", "capacity=1"]);
     run.assert_exit(0);
     run.assert_stdout_contains("Done! New project created");
     run.assert_no_panic_or_backtrace();
-    assert_eq!(entries(&scratch.path), ["svc"]);
-    let project = scratch.path.join("svc");
+    assert_eq!(entries(scratch.path()), ["svc"]);
+    let project = scratch.path().join("svc");
     assert!(project.join("Cargo.toml").is_file());
     assert_eq!(
         find_files_named(&project, HOOK_SCRIPT),

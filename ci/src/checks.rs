@@ -172,29 +172,12 @@ pub fn build_fingerprint(dir: &Path) -> Result<u64> {
 mod tests {
     use super::*;
 
-    /// A scratch directory under the system temp dir, removed on drop.
-    struct Scratch(PathBuf);
+    use crate::ScratchDir;
 
-    impl Scratch {
-        fn new(label: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("conveyor-ci-{label}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn write(&self, file: &str, text: &str) {
-            let path = self.0.join(file);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn write(scratch: &ScratchDir, file: &str, text: &str) {
+        let path = scratch.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 
     #[test]
@@ -221,15 +204,15 @@ mod tests {
 
     #[test]
     fn drift_names_the_file_and_the_diverging_templates() {
-        let scratch = Scratch::new("drift");
+        let scratch = ScratchDir::new("drift");
         for template in ["a", "b", "c"] {
-            scratch.write(&format!("{template}/src/config.rs"), "same");
-            scratch.write(&format!("{template}/src/report.rs"), "same");
+            write(&scratch, &format!("{template}/src/config.rs"), "same");
+            write(&scratch, &format!("{template}/src/report.rs"), "same");
         }
-        scratch.write("c/src/report.rs", "changed in one copy");
+        write(&scratch, "c/src/report.rs", "changed in one copy");
         let templates: Vec<(String, PathBuf)> = ["a", "b", "c"]
             .iter()
-            .map(|t| (t.to_string(), scratch.0.join(t)))
+            .map(|t| (t.to_string(), scratch.path().join(t)))
             .collect();
         let files = vec!["src/config.rs".to_owned(), "src/report.rs".to_owned()];
 
@@ -241,13 +224,13 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_the_workflow_but_not_the_code() {
-        let scratch = Scratch::new("fingerprint");
-        scratch.write("src/main.rs", "fn main() {}");
-        let before = build_fingerprint(&scratch.0).unwrap();
-        scratch.write(".github/workflows/ci.yml", "on: push");
-        scratch.write("README.md", "Mentions the workflow.");
-        assert_eq!(build_fingerprint(&scratch.0).unwrap(), before);
-        scratch.write("src/main.rs", "fn main() { }");
-        assert_ne!(build_fingerprint(&scratch.0).unwrap(), before);
+        let scratch = ScratchDir::new("fingerprint");
+        write(&scratch, "src/main.rs", "fn main() {}");
+        let before = build_fingerprint(scratch.path()).unwrap();
+        write(&scratch, ".github/workflows/ci.yml", "on: push");
+        write(&scratch, "README.md", "Mentions the workflow.");
+        assert_eq!(build_fingerprint(scratch.path()).unwrap(), before);
+        write(&scratch, "src/main.rs", "fn main() { }");
+        assert_ne!(build_fingerprint(scratch.path()).unwrap(), before);
     }
 }

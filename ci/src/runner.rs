@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::checks;
 use crate::matrix::{Combination, Matrix};
+use crate::{checks, tools};
 
 /// No single step of a combination may take longer than this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -131,21 +131,13 @@ impl<'a> Runner<'a> {
                 .with_context(|| format!("removing {}", project.display()))?;
         }
         std::fs::create_dir_all(parent)?;
-        let mut command = Command::new("cargo");
-        // `--path` names the template folder itself: naming the repository root
-        // would make cargo-generate copy the whole checkout, `target/` included.
-        command
-            .arg("generate")
-            .arg("--path")
-            .arg(self.repo.join("templates").join(&combination.template))
-            .arg(format!("--name={}", combination.template))
-            .arg("--destination")
-            .arg(parent)
-            .args(["--silent", "--vcs", "none"])
-            .env_remove("RUST_BACKTRACE");
-        for (key, value) in &combination.values {
-            command.arg("-d").arg(format!("{key}={value}"));
-        }
+        let command = tools::generate_command(
+            &self.repo,
+            &combination.template,
+            &combination.template,
+            parent,
+            &combination.values,
+        );
         let status = run_logged(command, log)?;
         ensure!(status.success(), "cargo generate exited with {status}");
         Ok(project)

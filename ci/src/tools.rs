@@ -1,5 +1,7 @@
 //! The tools the matrix needs beyond Rust itself.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
@@ -52,4 +54,32 @@ pub fn ensure_cargo_generate(version: &str) -> Result<()> {
         "after installing, cargo generate reports {now:?}"
     );
     Ok(())
+}
+
+/// The `cargo generate` command that makes project `name` from
+/// `templates/<template>` inside `destination`, with `-d key=value` for each
+/// of `values`. `--path` names the template folder itself: naming the
+/// repository root would make cargo-generate copy the whole checkout,
+/// `target/` included.
+pub fn generate_command(
+    repo: &Path,
+    template: &str,
+    name: &str,
+    destination: &Path,
+    values: &BTreeMap<String, String>,
+) -> Command {
+    let mut command = Command::new("cargo");
+    command
+        .arg("generate")
+        .arg("--path")
+        .arg(repo.join("templates").join(template))
+        .arg(format!("--name={name}"))
+        .arg("--destination")
+        .arg(destination)
+        .args(["--silent", "--vcs", "none"])
+        .env_remove("RUST_BACKTRACE");
+    for (key, value) in values {
+        command.arg("-d").arg(format!("{key}={value}"));
+    }
+    command
 }
