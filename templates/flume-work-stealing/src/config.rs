@@ -42,6 +42,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(..=86_400))]
     pub progress_secs: u64,
 
+    /// After a shutdown signal, seconds to wait for the drain before giving
+    /// up: the report then counts the unfinished items as abandoned and the
+    /// process exits with code 3. 0 waits for as long as the drain takes.
+    #[arg(long, value_name = "SECS", default_value = "30",
+          value_parser = clap::value_parser!(u64).range(..=86_400))]
+    pub drain_timeout: u64,
+
+    /// Warn when the consumers have made no progress for this many seconds
+    /// while items are waiting (0 turns the warning off).
+    #[arg(long, value_name = "SECS", default_value = "5",
+          value_parser = clap::value_parser!(u64).range(..=86_400))]
+    pub stall_warn_secs: u64,
+
     /// Format of the final report on stdout.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,
@@ -84,8 +97,24 @@ impl Config {
 
     /// Interval between progress lines, or `None` when they are off.
     pub fn progress_interval(&self) -> Option<Duration> {
-        (self.progress_secs > 0).then(|| Duration::from_secs(self.progress_secs))
+        seconds_unless_zero(self.progress_secs)
     }
+
+    /// How long a drain may take after a shutdown signal, or `None` for no limit.
+    pub fn drain_deadline(&self) -> Option<Duration> {
+        seconds_unless_zero(self.drain_timeout)
+    }
+
+    /// How long the consumers may make no progress before a warning, or
+    /// `None` when the warning is off.
+    pub fn stall_warning_after(&self) -> Option<Duration> {
+        seconds_unless_zero(self.stall_warn_secs)
+    }
+}
+
+/// `secs` as a duration, with 0 meaning "off".
+fn seconds_unless_zero(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// The first line of a clap error: what was wrong, without usage or hints.
@@ -150,6 +179,16 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn zero_turns_the_timers_off() {
+        let config = parse(&["--drain-timeout", "0", "--stall-warn-secs", "0"]).unwrap();
+        assert_eq!(config.drain_deadline(), None);
+        assert_eq!(config.stall_warning_after(), None);
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.drain_deadline(), Some(Duration::from_secs(30)));
+        assert!(parse(&["--drain-timeout", "-1"]).is_err());
     }
 
     #[test]

@@ -14,16 +14,14 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::Supervisor;
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "mpsc-fan-in";
@@ -63,16 +61,11 @@ pub trait Workload: Send + Sync + 'static {
 }
 
 /// Runs the pipeline until all `config.items` are handled or `shutdown` is
-/// cancelled and the queued items are drained.
+/// cancelled and the queued items are drained (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, 1);
     let workload = Arc::new(workload);
-    let counters = Arc::new(Counters::new(config.producers, 1));
-    // A panicking producer stops the others through this child token without
-    // cancelling the caller's token.
-    let stop = shutdown.child_token();
     let (tx, rx) = mpsc::channel::<W::Item>(config.capacity);
-    let tracker = TaskTracker::new();
     tracing::info!(
         producers = config.producers,
         capacity = config.capacity,
@@ -80,66 +73,28 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
         "pipeline started"
     );
 
-    let producers: Vec<JoinHandle<()>> = (0..config.producers)
-        .map(|id| {
-            let producer = Producer {
-                id,
-                stride: config.producers as u64,
-                items: config.items,
-                tx: tx.clone(),
-                workload: Arc::clone(&workload),
-                counters: Arc::clone(&counters),
-                stop: stop.clone(),
-            };
-            tracker.spawn(
-                producer
-                    .run()
-                    .instrument(tracing::info_span!("producer", id)),
-            )
-        })
-        .collect();
+    for id in 0..config.producers {
+        let producer = Producer {
+            id,
+            stride: config.producers as u64,
+            items: config.items,
+            tx: tx.clone(),
+            workload: Arc::clone(&workload),
+            counters: Arc::clone(supervisor.counters()),
+            stop: supervisor.stop_token().clone(),
+        };
+        let span = tracing::info_span!("producer", id);
+        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
+    }
     // The consumer sees the end of input only when every `Sender` is gone. The
     // producers own clones; this original must go now, or the consumer would
     // wait forever for items that never come.
     drop(tx);
 
-    let consumer = tracker.spawn(
-        consume(rx, workload, Arc::clone(&counters)).instrument(tracing::info_span!("consumer")),
-    );
-    let done = CancellationToken::new();
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    let mut panicked_tasks = 0;
-    for producer in producers {
-        panicked_tasks += usize::from(joined_with_panic(producer.await, "producer"));
-    }
-    panicked_tasks += usize::from(joined_with_panic(consumer.await, "consumer"));
-    done.cancel();
-    tracker.wait().await;
-
-    let cancelled = shutdown.is_cancelled();
-    let report = Report::new(
-        TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        panicked_tasks,
-        cancelled,
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        "pipeline finished"
-    );
-    report
+    let counters = Arc::clone(supervisor.counters());
+    let span = tracing::info_span!("consumer");
+    supervisor.spawn_task("consumer".to_owned(), span, consume(rx, workload, counters));
+    supervisor.finish().await
 }
 
 /// One source task and everything it needs.
@@ -157,7 +112,6 @@ impl<W: Workload> Producer<W> {
     /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
     /// is reached, the run is cancelled or the consumer is gone.
     async fn run(self) {
-        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
         let slot = self.counters.producer(self.id);
         let mut cancelled = pin!(self.stop.cancelled());
         let mut produced = 0u64;
@@ -189,6 +143,12 @@ impl<W: Workload> Producer<W> {
             produced += 1;
             slot.publish(produced);
             seq += self.stride;
+            // `try_reserve` never yields, and on a channel with room it
+            // always succeeds. Without this, a producer would keep its
+            // runtime thread until its quota is done, starving the signal
+            // listener, the timers and every other task there. It yields
+            // once per coop budget (128 items), which costs next to nothing.
+            tokio::task::consume_budget().await;
         }
         tracing::debug!(produced, "producer finished");
     }
@@ -223,30 +183,9 @@ async fn consume<W: Workload>(
                     tracing::warn!(error = format!("{error:#}"), "item failed");
                 }
             }
-        }
-        slot.publish(handled, failed);
-    }
-}
-
-/// Logs a task's panic and says whether there was one.
-fn joined_with_panic(result: Result<(), tokio::task::JoinError>, task: &str) -> bool {
-    match result {
-        Ok(()) => false,
-        Err(error) => {
-            tracing::error!(task, %error, "pipeline task panicked");
-            true
-        }
-    }
-}
-
-/// Cancels the run when dropped during a panic, so one failing producer stops
-/// the rest instead of leaving them running until their quota is done.
-struct StopOnPanic(CancellationToken);
-
-impl Drop for StopOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.cancel();
+            // After every item, not every batch: if a later item of this
+            // batch panics, the report still knows exactly what finished.
+            slot.publish(handled, failed);
         }
     }
 }

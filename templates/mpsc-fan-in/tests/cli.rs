@@ -169,7 +169,7 @@ fn sigterm_drains_and_exits_cleanly() {
 }
 
 /// A second signal cuts a long drain short: the process exits at once with
-/// a non-zero code instead of finishing the queue.
+/// the documented code instead of finishing the queue.
 #[test]
 #[cfg(unix)]
 fn a_second_signal_forces_exit() {
@@ -187,5 +187,101 @@ fn a_second_signal_forces_exit() {
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-INT");
     let status = wait_within(&mut child, Duration::from_secs(5));
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(130));
+}
+
+/// Producers that never wait (no work per item, a channel that never
+/// fills, more tasks than cores) must still let the signal through: the
+/// first SIGINT drains and reports, whatever the capacity.
+#[test]
+#[cfg(unix)]
+fn a_signal_is_heard_under_sustained_load() {
+    for capacity in ["1", "999999"] {
+        let mut child = start_endless(&[
+            "--work-us",
+            "0",
+            "--capacity",
+            capacity,
+            "--producers",
+            "4",
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+        signal(&child, "-INT");
+        let status = wait_within(&mut child, Duration::from_secs(15));
+        let output = child.wait_with_output().unwrap();
+        assert!(status.success(), "capacity {capacity}: exit status {status}");
+        let report = json_report(&output);
+        assert_eq!(report["cancelled"], true, "capacity {capacity}");
+        assert_eq!(report["produced"], report["handled"], "capacity {capacity}");
+        assert_eq!(report["unaccounted"], 0, "capacity {capacity}");
+    }
+}
+
+/// The handlers are installed before the pipeline starts, so a signal sent
+/// the moment the service says it has started drains it rather than
+/// killing the process without a report.
+#[test]
+#[cfg(unix)]
+fn a_signal_right_at_start_still_gets_a_report() {
+    for attempt in 0..10 {
+        let mut child = start_endless(&[]);
+        signal(&child, "-INT");
+        let status = wait_within(&mut child, Duration::from_secs(15));
+        let output = child.wait_with_output().unwrap();
+        assert!(status.success(), "attempt {attempt}: exit status {status}");
+        assert_eq!(json_report(&output)["cancelled"], true, "attempt {attempt}");
+    }
+}
+
+/// A drain that outlives `--drain-timeout` is cut short: the report counts
+/// the unfinished items as abandoned and the process exits with code 3.
+#[test]
+#[cfg(unix)]
+fn a_drain_past_its_deadline_exits_3_with_the_abandoned_count() {
+    let mut child = start_endless(&[
+        "--work-us",
+        "60000000",
+        "--drain-timeout",
+        "1",
+        "--producers",
+        "1",
+        "--capacity",
+        "4",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    let status = wait_within(&mut child, Duration::from_secs(15));
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let report = json_report(&output);
+    assert_eq!(report["drain_timed_out"], true);
+    let count = |key: &str| report[key].as_u64().unwrap();
+    assert!(count("abandoned") > 0, "{report}");
+    assert_eq!(
+        count("produced"),
+        count("handled") + count("failed") + count("abandoned"),
+        "{report}"
+    );
+}
+
+/// Consumers stuck for longer than `--stall-warn-secs` get one warning on
+/// stderr and one stall episode in the report; the run still succeeds.
+#[test]
+fn a_stall_is_logged_and_counted() {
+    let output = run(&[
+        "--items",
+        "1",
+        "--work-us",
+        "2500000",
+        "--stall-warn-secs",
+        "1",
+        "--progress-secs",
+        "0",
+        "--report",
+        "json",
+    ]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no item has finished"), "{stderr}");
+    assert_eq!(json_report(&output)["stall_episodes"], 1);
 }

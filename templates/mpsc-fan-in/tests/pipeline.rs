@@ -1,6 +1,8 @@
 //! The pipeline's guarantees, proven on the real `pipeline::run` with a
 //! workload that records what actually happened to every item.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
@@ -10,15 +12,18 @@ use proptest::prelude::*;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use support::{runtime, within};
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
-use {{crate_name}}::report::Report;
+use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
     /// Calls to `produce`: the ground truth of how many items exist.
     produced: AtomicU64,
+    /// Wrapping sum of `mix(seq)` over every produced item.
+    produced_checksum: AtomicU64,
     /// Calls to `handle` that returned, successfully or not.
     finished: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every handled item. Duplicates or
@@ -36,6 +41,8 @@ struct Probe {
     work: Duration,
     fail_every: Option<u64>,
     panic_at: Option<u64>,
+    /// Item that takes `slow_work` instead of `work`.
+    slow_item: Option<(u64, Duration)>,
 }
 
 impl Workload for Probe {
@@ -43,6 +50,7 @@ impl Workload for Probe {
 
     fn produce(&self, seq: u64) -> u64 {
         let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
+        self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // On a multi-thread runtime other items may finish between the two
         // reads, so this can only underestimate; the bound check stays sound.
         let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
@@ -51,8 +59,12 @@ impl Workload for Probe {
     }
 
     async fn handle(&self, seq: u64) -> anyhow::Result<()> {
-        if !self.work.is_zero() {
-            tokio::time::sleep(self.work).await;
+        let work = match self.slow_item {
+            Some((slow, work)) if slow == seq => work,
+            _ => self.work,
+        };
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
         }
         if self.panic_at == Some(seq) {
             panic!("test handler panics on item {seq}");
@@ -85,6 +97,7 @@ fn config(producers: usize, capacity: usize, items: u64) -> Config {
         format!("--capacity={capacity}"),
         format!("--items={items}"),
         "--progress-secs=0".to_owned(),
+        "--stall-warn-secs=0".to_owned(),
     ])
     .expect("valid test configuration")
 }
@@ -123,14 +136,8 @@ proptest! {
         items in 1u64..=3_000,
         multi_thread in any::<bool>(),
     ) {
-        let runtime = if multi_thread {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build()
-        } else {
-            tokio::runtime::Builder::new_current_thread().enable_time().build()
-        }
-        .unwrap();
         let probe = Probe::default();
-        let report = runtime.block_on(run(&config(producers, capacity, items), &probe));
+        let report = runtime(multi_thread).block_on(run(&config(producers, capacity, items), &probe));
 
         prop_assert_eq!(report.produced, items);
         prop_assert_eq!(report.handled, items);
@@ -264,17 +271,18 @@ async fn a_panicking_consumer_fails_the_run_without_hanging() {
     )
     .await
     .expect("a panicking consumer must not hang the run");
-    assert_eq!(report.panicked_tasks, 1);
+    assert_eq!(report.failed_stages, 1);
     assert!(!report.is_success());
     assert!(
-        report.failed >= 1,
-        "the item in the panicking hand counts as failed"
+        report.lost >= 1,
+        "the item in the panicking hand is lost with it"
     );
     assert!(
         report.produced < 100_000,
         "producers stopped once the consumer was gone"
     );
-    assert_eq!(report.produced, report.handled + report.failed);
+    assert_eq!(report.unaccounted, 0);
+    assert_eq!(report.produced, report.handled + report.failed + report.lost);
 }
 
 /// A panicking producer stops the others, even when they would otherwise
@@ -303,6 +311,129 @@ async fn a_panicking_producer_stops_the_run() {
     )
     .await
     .expect("a panicking producer must stop the run");
-    assert_eq!(report.panicked_tasks, 1);
-    assert_eq!(report.produced, report.handled + report.failed);
+    assert_eq!(report.failed_stages, 1);
+    assert_eq!(report.unaccounted, 0);
+    assert_eq!(report.produced, report.handled + report.failed + report.lost);
+}
+
+/// The mpsc hazard under sustained load: producers whose channel always has
+/// room never wait, so unless they yield to the scheduler, the timer that
+/// cancels the run never fires. A huge capacity keeps the channel from ever
+/// filling, and more producers than runtime threads keep every thread busy.
+/// The deadline is kept outside the runtime, so a regression fails here
+/// instead of hanging.
+#[test]
+fn cancellation_is_heard_under_sustained_load() {
+    for multi_thread in [false, true] {
+        for capacity in [1, 999_999] {
+            let report = within(Duration::from_secs(30), move || {
+                runtime(multi_thread).block_on(async {
+                    let shutdown = cancel_after(Duration::from_millis(200));
+                    pipeline::run(&config(4, capacity, 0), Probe::default(), shutdown).await
+                })
+            });
+            assert!(report.cancelled, "multi_thread={multi_thread} capacity={capacity}");
+            assert!(report.is_success(), "{report:?}");
+            assert_eq!(report.produced, report.handled);
+        }
+    }
+}
+
+/// After a shutdown request the drain gets `--drain-timeout`; then the run
+/// stops waiting, counts what is left as abandoned, and says so in its exit
+/// code.
+#[tokio::test(start_paused = true)]
+async fn a_drain_longer_than_the_deadline_is_abandoned() {
+    let probe = Probe {
+        work: Duration::from_secs(3600),
+        ..Probe::default()
+    };
+    let mut config = config(2, 8, 0);
+    config.drain_timeout = 5;
+    let report = timeout(
+        Duration::from_secs(60),
+        pipeline::run(&config, probe.clone(), cancel_after(Duration::from_millis(10))),
+    )
+    .await
+    .expect("the drain deadline must end the run");
+
+    assert!(report.drain_timed_out);
+    assert_eq!(report.exit_code(), EXIT_DRAIN_TIMEOUT);
+    assert!(report.abandoned > 0);
+    assert_eq!(report.abandoned, report.produced - report.handled - report.failed);
+    assert_eq!((report.lost, report.unaccounted), (0, 0));
+}
+
+/// A consumer that panics halfway through a batch: everything it finished
+/// before the panic is reported as handled, and only the rest as lost. One
+/// producer keeps the items in order, so the numbers are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_mid_batch_reports_exact_numbers() {
+    let panic_at = 300;
+    let probe = Probe {
+        panic_at: Some(panic_at),
+        fail_every: Some(7),
+        ..Probe::default()
+    };
+    let report = timeout(
+        Duration::from_secs(30),
+        run(&config(1, 512, 100_000), &probe),
+    )
+    .await
+    .expect("a panicking consumer must not hang the run");
+
+    let failed = (0..panic_at).filter(|seq| seq % 7 == 0).count() as u64;
+    assert_eq!(report.failed, failed);
+    assert_eq!(report.handled, panic_at - failed);
+    assert_eq!(report.lost, report.produced - panic_at);
+    assert_eq!((report.failed_stages, report.unaccounted), (1, 0));
+}
+
+/// Consumers stuck on one slow item for longer than `--stall-warn-secs`
+/// make one stall episode; the run then recovers and succeeds.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_consumer_is_reported_as_a_stall() {
+    let probe = Probe {
+        slow_item: Some((5, Duration::from_secs(10))),
+        ..Probe::default()
+    };
+    let mut config = config(1, 4, 20);
+    config.stall_warn_secs = 2;
+    let report = run(&config, &probe).await;
+    assert_eq!(report.stall_episodes, 1);
+    assert_eq!(report.handled, 20);
+    assert!(report.is_success());
+
+    config.stall_warn_secs = 0;
+    assert_eq!(run(&config, &probe).await.stall_episodes, 0, "0 turns it off");
+}
+
+/// Many producers, tiny and small capacities, both flavors, cancelled at
+/// varying moments in real time: every item the workload created is handled
+/// exactly once, and the report balances. Any lost or duplicated item shows
+/// up as a count, checksum or `unaccounted` mismatch.
+#[test]
+fn stress_every_created_item_is_accounted_for() {
+    within(Duration::from_secs(120), || {
+        for round in 0..4u64 {
+            for multi_thread in [false, true] {
+                for capacity in [1, 64] {
+                    let probe = Probe::default();
+                    let report = runtime(multi_thread).block_on(async {
+                        let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
+                        pipeline::run(&config(16, capacity, 0), probe.clone(), shutdown).await
+                    });
+                    let case = format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
+                    assert_eq!(report.unaccounted, 0, "{case}: {report:?}");
+                    assert_eq!(report.produced, probe.seen.produced.load(SeqCst), "{case}");
+                    assert_eq!(report.handled, report.produced, "{case}");
+                    assert_eq!(
+                        probe.seen.checksum.load(SeqCst),
+                        probe.seen.produced_checksum.load(SeqCst),
+                        "{case}: the handled items are not the produced ones"
+                    );
+                }
+            }
+        }
+    });
 }
