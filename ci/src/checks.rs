@@ -95,9 +95,15 @@ pub fn check_smoke_report(stdout: &str, topology: &str, items: u64) -> Result<()
         "produced",
         "handled",
         "failed",
+        "abandoned",
+        "lost",
+        "unaccounted",
         "elapsed_secs",
         "items_per_sec",
         "peak_queue_depth",
+        "failed_stages",
+        "stall_episodes",
+        "drain_timed_out",
     ] {
         ensure!(
             report.get(key).is_some(),
@@ -120,6 +126,10 @@ pub fn check_smoke_report(stdout: &str, topology: &str, items: u64) -> Result<()
             "expected {items} produced and handled, 0 failed; got {produced} / {handled} / {failed}"
         );
     }
+    ensure!(
+        report["unaccounted"] == 0 && count("lost")? == 0 && count("abandoned")? == 0,
+        "the report does not balance: {line}"
+    );
     Ok(())
 }
 
@@ -193,12 +203,20 @@ mod tests {
 
     #[test]
     fn smoke_report_must_account_for_every_item() {
-        let good = r#"{"topology":"t","produced":5,"handled":5,"failed":0,"elapsed_secs":0.1,"items_per_sec":50.0,"peak_queue_depth":2}"#;
+        let good = concat!(
+            r#"{"topology":"t","produced":5,"handled":5,"failed":0,"abandoned":0,"lost":0,"#,
+            r#""unaccounted":0,"elapsed_secs":0.1,"items_per_sec":50.0,"peak_queue_depth":2,"#,
+            r#""failed_stages":0,"stall_episodes":0,"drain_timed_out":false}"#
+        );
         check_smoke_report(good, "t", 5).unwrap();
         assert!(check_smoke_report(good, "t", 6).is_err());
         assert!(check_smoke_report(good, "other", 5).is_err());
         let lossy = good.replace(r#""handled":5"#, r#""handled":4"#);
         assert!(check_smoke_report(&lossy, "t", 5).is_err());
+        let unbalanced = good.replace(r#""unaccounted":0"#, r#""unaccounted":1"#);
+        assert!(check_smoke_report(&unbalanced, "t", 5).is_err());
+        let without_balance = good.replace(r#""unaccounted":0,"#, "");
+        assert!(check_smoke_report(&without_balance, "t", 5).is_err());
         assert!(check_smoke_report("log line\n{}", "t", 5).is_err());
     }
 

@@ -7,12 +7,15 @@
 //! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
 //! - [`workers`]: how one worker runs, as an async task or an OS thread,
 //!   whichever kind this project was generated with.
-//! - [`config`], [`telemetry`], [`shutdown`], [`report`]: the service chassis.
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
+//!   [`report`]: the service chassis, the same in every Conveyor template.
 
 pub mod config;
+pub mod counters;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod workers;
 pub mod workload;

@@ -14,19 +14,24 @@
 //! The run ends when every producer has finished and the workers have drained
 //! the channel. Cancellation only stops the producers: once the last `Sender`
 //! is gone the channel disconnects, and each worker's receive returns an error
-//! after the queue is empty. Workers never watch the token themselves.
+//! after the queue is empty. Workers never watch the token themselves. A
+//! stage that fails stops the producers the same way (the supervisor cancels
+//! their stop token), and the remaining workers drain what is queued.
+//!
+//! Starting, joining and watching the stages, the drain deadline and the
+//! report belong to [`crate::supervisor`]; this module holds only the
+//! channel, the stages and their loops.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use flume::TrySendError;
-use tokio::task::JoinHandle;
+use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::Supervisor;
 use crate::workers;
 
 pub use crate::workers::Workload;
@@ -58,17 +63,12 @@ pub fn max_in_flight(config: &Config) -> usize {
 }
 
 /// Runs the pipeline until all `config.items` are handled or `shutdown` is
-/// cancelled and the queued items are drained.
+/// cancelled and the queued items are drained (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
     let worker_count = config.topology.workers;
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, worker_count);
     let workload = Arc::new(workload);
-    let counters = Arc::new(Counters::new(config.producers, worker_count));
-    // A panicking producer, or a worker that cannot start, stops the producers
-    // through this child token without cancelling the caller's token.
-    let stop = shutdown.child_token();
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
-    let tracker = TaskTracker::new();
     tracing::info!(
         producers = config.producers,
         workers = worker_count,
@@ -78,89 +78,39 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
         "pipeline started"
     );
 
-    let mut pipeline_errors = 0;
-    let mut worker_handles = Vec::with_capacity(worker_count);
+    // Workers start first: if one cannot start, the supervisor has already
+    // cancelled the stop token when the producers look at it, and they make
+    // nothing.
     for id in 0..worker_count {
-        let worker = Worker::new(id, rx.clone(), Arc::clone(&workload), Arc::clone(&counters));
-        match workers::spawn(worker, &tracker) {
-            Ok(handle) => worker_handles.push((id, handle)),
-            Err(error) => {
-                tracing::error!(id, %error, "cannot start worker; stopping the run");
-                pipeline_errors += 1;
-                stop.cancel();
-            }
-        }
+        let counters = Arc::clone(supervisor.counters());
+        let worker = Worker::new(id, rx.clone(), Arc::clone(&workload), counters);
+        workers::spawn(worker, &mut supervisor);
     }
     // Producers notice that every worker is gone (all panicked) only when the
-    // last `Receiver` is dropped. The workers own clones; this original must
-    // go now, or producers would wait forever for a slot nobody frees.
+    // last `Receiver` is dropped: a producer waiting in `send_async` for a
+    // slot cannot see the stop token. The workers own clones; this original
+    // must go now, or producers would wait forever for a slot nobody frees.
     drop(rx);
 
-    let producers: Vec<JoinHandle<()>> = (0..config.producers)
-        .map(|id| {
-            let producer = Producer {
-                id,
-                stride: config.producers as u64,
-                items: config.items,
-                tx: tx.clone(),
-                workload: Arc::clone(&workload),
-                counters: Arc::clone(&counters),
-                stop: stop.clone(),
-            };
-            tracker.spawn(
-                producer
-                    .run()
-                    .instrument(tracing::info_span!("producer", id)),
-            )
-        })
-        .collect();
+    for id in 0..config.producers {
+        let producer = Producer {
+            id,
+            stride: config.producers as u64,
+            items: config.items,
+            tx: tx.clone(),
+            workload: Arc::clone(&workload),
+            counters: Arc::clone(supervisor.counters()),
+            stop: supervisor.stop_token().clone(),
+        };
+        let span = tracing::info_span!("producer", id);
+        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
+    }
     // Workers see the end of input only when every `Sender` is gone. The
     // producers own clones; this original must go now, or the workers would
     // wait forever for items that never come.
     drop(tx);
 
-    let done = CancellationToken::new();
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    for producer in producers {
-        if let Err(error) = producer.await {
-            tracing::error!(task = "producer", %error, "pipeline task panicked");
-            pipeline_errors += 1;
-        }
-    }
-    for (id, handle) in worker_handles {
-        if let Err(panic) = workers::join(handle).await {
-            tracing::error!(task = "worker", id, panic = %panic, "pipeline task panicked");
-            pipeline_errors += 1;
-        }
-    }
-    done.cancel();
-    tracker.wait().await;
-
-    let cancelled = shutdown.is_cancelled();
-    let report = Report::new(
-        TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        pipeline_errors,
-        cancelled,
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        handled_per_worker = ?report.handled_per_worker,
-        "pipeline finished"
-    );
-    report
+    supervisor.finish().await
 }
 
 /// One source task and everything it needs.
@@ -178,7 +128,6 @@ impl<W: Workload> Producer<W> {
     /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
     /// is reached, the run is cancelled or every worker is gone.
     async fn run(self) {
-        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
         let slot = self.counters.producer(self.id);
         let mut produced = 0u64;
         let mut seq = self.id as u64;
@@ -195,12 +144,20 @@ impl<W: Workload> Producer<W> {
             // delivers it without telling us. Both break the accounting. The
             // wait ends as soon as a worker frees a slot, which workers keep
             // doing until the channel is empty, so it cannot hang a shutdown.
+            //
+            // flume's futures know nothing of tokio's cooperative budget, and
+            // on a multi-thread runtime a slot can free up between `try_send`
+            // and the first poll of `send_async`, which then never waits.
+            // `cooperative` charges the budget for the send, so a producer
+            // whose channel is always just full still yields now and then.
             let waited = match self.tx.try_send(item) {
                 Ok(()) => false,
-                Err(TrySendError::Full(item)) => match self.tx.send_async(item).await {
-                    Ok(()) => true,
-                    Err(_every_worker_gone) => break,
-                },
+                Err(TrySendError::Full(item)) => {
+                    match cooperative(self.tx.send_async(item)).await {
+                        Ok(()) => true,
+                        Err(_every_worker_gone) => break,
+                    }
+                }
                 Err(TrySendError::Disconnected(_)) => break,
             };
             produced += 1;
@@ -213,10 +170,11 @@ impl<W: Workload> Producer<W> {
                     break;
                 }
             } else {
-                // flume does not take part in tokio's cooperative scheduling.
-                // Without this, a producer that never finds the channel full
-                // would never yield, and could starve the signal listener and
-                // the progress line on its runtime thread.
+                // `try_send` never yields, and on a channel with room it
+                // always succeeds. Without this, a producer would keep its
+                // runtime thread until its quota is done, starving the signal
+                // listener, the timers and every other task there. It yields
+                // once per coop budget (128 items), which costs next to nothing.
                 tokio::task::consume_budget().await;
             }
         }
@@ -260,8 +218,10 @@ impl<W: Workload> Worker<W> {
         }
     }
 
-    /// Counts the outcome of one item and publishes it to this worker's slot,
-    /// so that at any moment only the item in hand is unaccounted for.
+    /// Counts the outcome of one item and publishes it to this worker's slot.
+    /// After every item, never in batches: at any moment only the item in
+    /// hand is unaccounted for, so if the worker panics on its next item, the
+    /// report still knows exactly what it finished and loses only that one.
     pub(crate) fn finished(&mut self, outcome: anyhow::Result<()>) {
         match outcome {
             Ok(()) => self.handled += 1,
@@ -273,17 +233,5 @@ impl<W: Workload> Worker<W> {
         self.counters
             .worker(self.id)
             .publish(self.handled, self.failed);
-    }
-}
-
-/// Cancels the run when dropped during a panic, so one failing producer stops
-/// the rest instead of leaving them running until their quota is done.
-struct StopOnPanic(CancellationToken);
-
-impl Drop for StopOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.cancel();
-        }
     }
 }

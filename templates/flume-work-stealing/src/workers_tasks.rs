@@ -11,11 +11,10 @@
 
 use std::future::Future;
 
-use tokio::task::JoinHandle;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
+use tokio::task::coop::cooperative;
 
 use crate::pipeline::Worker;
+use crate::supervisor::Supervisor;
 
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "tasks";
@@ -37,21 +36,12 @@ pub trait Workload: Send + Sync + 'static {
     fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// A running worker.
-pub(crate) type Handle = JoinHandle<()>;
-
-/// Starts one worker task. Spawning a task cannot fail.
-pub(crate) fn spawn<W: Workload>(
-    worker: Worker<W>,
-    tracker: &TaskTracker,
-) -> std::io::Result<Handle> {
-    let span = tracing::info_span!("worker", id = worker.id);
-    Ok(tracker.spawn(work(worker).instrument(span)))
-}
-
-/// Waits for a worker to end; `Err` describes its panic.
-pub(crate) async fn join(handle: Handle) -> Result<(), String> {
-    handle.await.map_err(|error| error.to_string())
+/// Starts one worker task under the supervisor, which joins it and reports a
+/// panic. Spawning a task cannot fail.
+pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor) {
+    let id = worker.id;
+    let span = tracing::info_span!("worker", id);
+    supervisor.spawn_task(format!("worker {id}"), span, work(worker));
 }
 
 /// Takes items until the channel is empty and every sender is gone.
@@ -62,13 +52,15 @@ pub(crate) async fn join(handle: Handle) -> Result<(), String> {
 /// Shutdown closes the channel instead (the producers stop and drop their
 /// senders), and `recv_async` returns `Err` once the queue is drained.
 async fn work<W: Workload>(mut worker: Worker<W>) {
-    while let Ok(item) = worker.rx.recv_async().await {
+    // flume's futures know nothing of tokio's cooperative budget: with items
+    // always waiting and a handler that finishes without waiting on anything,
+    // this loop would never yield its runtime thread, starving the signal
+    // listener and the timers. `cooperative` charges the budget once per
+    // item and yields when it runs out; the receive it wraps is awaited to
+    // the end, never dropped half-way.
+    while let Ok(item) = cooperative(worker.rx.recv_async()).await {
         worker.took_item();
         let outcome = worker.workload.handle(item).await;
         worker.finished(outcome);
-        // flume does not take part in tokio's cooperative scheduling. Without
-        // this, a worker that always finds an item waiting (and a handler that
-        // never awaits anything slow) would never yield its runtime thread.
-        tokio::task::consume_budget().await;
     }
 }

@@ -6,15 +6,12 @@
 //! receiver clone and calls [`Workload::handle`]. The producers stay async
 //! tasks and use `send_async`: the same flume channel has a blocking end and
 //! an async end, and nothing blocking ever runs on the runtime
-//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves it). Joining a
-//! thread blocks too, so it happens on tokio's blocking pool.
-
-use std::any::Any;
-use std::thread::JoinHandle;
-
-use tokio_util::task::TaskTracker;
+//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves it). The
+//! supervisor never joins a thread: each reports its end through a channel,
+//! so waiting for the workers never blocks the runtime either.
 
 use crate::pipeline::Worker;
+use crate::supervisor::Supervisor;
 
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "threads";
@@ -37,48 +34,27 @@ pub trait Workload: Send + Sync + 'static {
     fn handle(&self, item: Self::Item) -> anyhow::Result<()>;
 }
 
-/// A running worker.
-pub(crate) type Handle = JoinHandle<()>;
-
-/// Starts one worker thread, named `worker-<id>`. Fails when the operating
-/// system refuses another thread.
-pub(crate) fn spawn<W: Workload>(
-    worker: Worker<W>,
-    _tracker: &TaskTracker,
-) -> std::io::Result<Handle> {
-    let span = tracing::info_span!("worker", id = worker.id);
-    std::thread::Builder::new()
-        .name(format!("worker-{}", worker.id))
-        .spawn(move || span.in_scope(|| work(worker)))
-}
-
-/// Waits for a worker thread to end, without blocking the runtime; `Err`
-/// describes its panic.
-pub(crate) async fn join(handle: Handle) -> Result<(), String> {
-    match tokio::task::spawn_blocking(move || handle.join()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(panic)) => Err(panic_message(panic.as_ref())),
-        Err(join_error) => Err(join_error.to_string()),
-    }
+/// Starts one worker thread, named `worker-<id>`, under the supervisor. If
+/// the operating system refuses the thread, the supervisor counts a failed
+/// stage and stops the producers.
+pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor) {
+    let id = worker.id;
+    let span = tracing::info_span!("worker", id);
+    supervisor.spawn_thread(format!("worker-{id}"), move || {
+        span.in_scope(|| work(worker));
+        Ok(())
+    });
 }
 
 /// Takes items until the channel is empty and every sender is gone. A thread
 /// cannot be cancelled; it ends because shutdown closes the channel: the
 /// producers stop and drop their senders, and `recv` returns `Err` once the
-/// queue is drained.
+/// queue is drained. The blocking `recv` parks this thread only, never the
+/// runtime, so it needs no cooperative yields.
 fn work<W: Workload>(mut worker: Worker<W>) {
     while let Ok(item) = worker.rx.recv() {
         worker.took_item();
         let outcome = worker.workload.handle(item);
         worker.finished(outcome);
     }
-}
-
-/// The text a panic was raised with, if it was text.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -1,7 +1,10 @@
 //! The service as its users run it: the real binary, its exit codes, its
 //! report on stdout and its reaction to shutdown signals.
+//!
+//! Every run of the binary has a deadline, after which the test kills it and
+//! fails: a service that hangs fails the suite instead of hanging it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,11 +28,38 @@ fn service() -> Command {
     command
 }
 
+/// How long a run to completion may take.
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
 fn run(args: &[&str]) -> Output {
-    service()
-        .args(args)
-        .output()
-        .expect("the service binary starts")
+    output_of(service().args(args))
+}
+
+/// Runs `command` to its end and collects its output, like
+/// `Command::output`, but kills it and fails the test after [`RUN_DEADLINE`].
+fn output_of(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the service binary starts");
+    // Both pipes are read while the service runs, so it never blocks on a
+    // full one; they close when it exits or is killed.
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = wait_within(&mut child, RUN_DEADLINE);
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn json_report(output: &Output) -> Value {
@@ -124,33 +154,29 @@ fn report_shows_the_load_of_each_worker() {
 /// Every flag falls back to its environment variable; the flag wins when both are set.
 #[test]
 fn environment_variables_back_the_flags() {
-    let output = service()
-        .env(ITEMS_VAR, "1234")
-        .args(["--report", "json"])
-        .output()
-        .unwrap();
+    let output = output_of(service().env(ITEMS_VAR, "1234").args(["--report", "json"]));
     assert_eq!(json_report(&output)["produced"], 1234);
 
-    let output = service()
-        .env(ITEMS_VAR, "1234")
-        .args(["--report", "json", "--items", "99"])
-        .output()
-        .unwrap();
+    let output = output_of(
+        service()
+            .env(ITEMS_VAR, "1234")
+            .args(["--report", "json", "--items", "99"]),
+    );
     assert_eq!(json_report(&output)["produced"], 99);
 
-    let output = service().env(ITEMS_VAR, "lots").output().unwrap();
+    let output = output_of(service().env(ITEMS_VAR, "lots"));
     assert_eq!(output.status.code(), Some(2));
 
     // `--workers` belongs to this topology's own flags and falls back too.
-    let output = service()
-        .env(WORKERS_VAR, "2")
-        .args(["--report", "json", "--items", "100"])
-        .output()
-        .unwrap();
+    let output = output_of(
+        service()
+            .env(WORKERS_VAR, "2")
+            .args(["--report", "json", "--items", "100"]),
+    );
     let report = json_report(&output);
     assert_eq!(report["handled_per_worker"].as_array().unwrap().len(), 2);
 
-    let output = service().env(WORKERS_VAR, "0").output().unwrap();
+    let output = output_of(service().env(WORKERS_VAR, "0"));
     assert_eq!(output.status.code(), Some(2));
 }
 
@@ -164,14 +190,19 @@ fn start_endless(args: &[&str]) -> Child {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains("pipeline started"));
-    assert!(started, "the service never logged its start");
-    // Keep draining stderr so the service never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let (started, has_started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+        if lines.any(|line| line.contains("pipeline started")) {
+            let _ = started.send(());
+        }
+        // Keep draining stderr so the service never blocks on a full pipe.
+        lines.for_each(drop);
+    });
+    if has_started.recv_timeout(Duration::from_secs(30)).is_err() {
+        child.kill().ok();
+        panic!("the service never logged its start");
+    }
     child
 }
 
@@ -216,7 +247,7 @@ fn sigterm_drains_and_exits_cleanly() {
 }
 
 /// A second signal cuts a long drain short: the process exits at once with
-/// a non-zero code instead of finishing the queue.
+/// the documented code instead of finishing the queue.
 #[test]
 #[cfg(unix)]
 fn a_second_signal_forces_exit() {
@@ -236,5 +267,110 @@ fn a_second_signal_forces_exit() {
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-INT");
     let status = wait_within(&mut child, Duration::from_secs(5));
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(130));
+}
+
+/// Producers and workers that never wait (no work per item, a channel that
+/// never fills or is always just full, more tasks than cores) must still let
+/// the signal through: the first SIGINT drains and reports, whatever the
+/// capacity.
+#[test]
+#[cfg(unix)]
+fn a_signal_is_heard_under_sustained_load() {
+    for capacity in ["1", "999999"] {
+        let mut child = start_endless(&[
+            "--work-us",
+            "0",
+            "--capacity",
+            capacity,
+            "--producers",
+            "4",
+            "--workers",
+            "4",
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+        signal(&child, "-INT");
+        let status = wait_within(&mut child, Duration::from_secs(15));
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            status.success(),
+            "capacity {capacity}: exit status {status}"
+        );
+        let report = json_report(&output);
+        assert_eq!(report["cancelled"], true, "capacity {capacity}");
+        assert_eq!(report["produced"], report["handled"], "capacity {capacity}");
+        assert_eq!(report["unaccounted"], 0, "capacity {capacity}");
+    }
+}
+
+/// The handlers are installed before the pipeline starts, so a signal sent
+/// the moment the service says it has started drains it rather than
+/// killing the process without a report.
+#[test]
+#[cfg(unix)]
+fn a_signal_right_at_start_still_gets_a_report() {
+    for attempt in 0..10 {
+        let mut child = start_endless(&[]);
+        signal(&child, "-INT");
+        let status = wait_within(&mut child, Duration::from_secs(15));
+        let output = child.wait_with_output().unwrap();
+        assert!(status.success(), "attempt {attempt}: exit status {status}");
+        assert_eq!(json_report(&output)["cancelled"], true, "attempt {attempt}");
+    }
+}
+
+/// A drain that outlives `--drain-timeout` is cut short: the report counts
+/// the unfinished items as abandoned and the process exits with code 3,
+/// even with workers still stuck in their items.
+#[test]
+#[cfg(unix)]
+fn a_drain_past_its_deadline_exits_3_with_the_abandoned_count() {
+    let mut child = start_endless(&[
+        "--work-us",
+        "60000000",
+        "--drain-timeout",
+        "1",
+        "--producers",
+        "1",
+        "--workers",
+        "2",
+        "--capacity",
+        "4",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    let status = wait_within(&mut child, Duration::from_secs(15));
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let report = json_report(&output);
+    assert_eq!(report["drain_timed_out"], true);
+    let count = |key: &str| report[key].as_u64().unwrap();
+    assert!(count("abandoned") > 0, "{report}");
+    assert_eq!(
+        count("produced"),
+        count("handled") + count("failed") + count("abandoned"),
+        "{report}"
+    );
+}
+
+/// Workers stuck for longer than `--stall-warn-secs` get one warning on
+/// stderr and one stall episode in the report; the run still succeeds.
+#[test]
+fn a_stall_is_logged_and_counted() {
+    let output = run(&[
+        "--items",
+        "1",
+        "--work-us",
+        "2500000",
+        "--stall-warn-secs",
+        "1",
+        "--progress-secs",
+        "0",
+        "--report",
+        "json",
+    ]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no item has finished"), "{stderr}");
+    assert_eq!(json_report(&output)["stall_episodes"], 1);
 }

@@ -2,26 +2,33 @@
 //! workload that records what actually happened to every item.
 //!
 //! The tests run in real time (no paused tokio clock) because they are the
-//! same for both worker kinds, and OS-thread workers sleep in real time.
+//! same for both worker kinds, and OS-thread workers sleep in real time: a
+//! paused clock would race ahead of them.
 
+mod support;
+
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use proptest::prelude::*;
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline::{self, Workload};
-use {{crate_name}}::report::Report;
+use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
+
+use support::{runtime, within};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
     /// Calls to `produce`: the ground truth of how many items exist.
     produced: AtomicU64,
+    /// Wrapping sum of `mix(seq)` over every produced item.
+    produced_checksum: AtomicU64,
     /// Calls to `handle` that returned, successfully or not.
     finished: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every handled item. Duplicates or
@@ -44,6 +51,8 @@ struct Probe {
     panic_from: Option<u64>,
     /// `produce` panics on this item.
     produce_panics_at: Option<u64>,
+    /// Item that takes `slow_work` instead of `work`.
+    slow_item: Option<(u64, Duration)>,
 }
 
 impl Workload for Probe {
@@ -56,6 +65,7 @@ impl Workload for Probe {
             "test producer panics on item {seq}"
         );
         let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
+        self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // Other items may finish between the two reads, so this can only
         // underestimate; the bound check stays sound.
         let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
@@ -64,8 +74,12 @@ impl Workload for Probe {
     }
 
     {% if worker_kind == "tasks" %}async {% endif %}fn handle(&self, seq: u64) -> anyhow::Result<()> {
-        if !self.work.is_zero() {
-            {% if worker_kind == "tasks" %}tokio::time::sleep(self.work).await;{% else %}std::thread::sleep(self.work);{% endif %}
+        let work = match self.slow_item {
+            Some((slow, work)) if slow == seq => work,
+            _ => self.work,
+        };
+        if !work.is_zero() {
+            {% if worker_kind == "tasks" %}tokio::time::sleep(work).await;{% else %}std::thread::sleep(work);{% endif %}
         }
         if self.panic_at == Some(seq) || self.panic_from.is_some_and(|from| seq >= from) {
             panic!("test handler panics on item {seq}");
@@ -99,6 +113,7 @@ fn config(producers: usize, workers: usize, capacity: usize, items: u64) -> Conf
         format!("--capacity={capacity}"),
         format!("--items={items}"),
         "--progress-secs=0".to_owned(),
+        "--stall-warn-secs=0".to_owned(),
     ])
     .expect("valid test configuration")
 }
@@ -125,6 +140,19 @@ async fn run(config: &Config, probe: &Probe) -> Report {
     pipeline::run(config, probe.clone(), CancellationToken::new()).await
 }
 
+/// Runs the future `test` makes on a fresh multi-thread runtime (two
+/// threads), under a deadline kept outside that runtime: a pipeline that
+/// hangs, or starves the runtime so that its own timers never fire, fails the
+/// test instead of hanging the suite.
+fn on_runtime<T, F, Fut>(limit: Duration, test: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    within(limit, move || runtime(true).block_on(test()))
+}
+
 proptest! {
     // Failure files need a `src/` next to the test; integration tests have
     // none, so proptest prints the failing case instead.
@@ -145,14 +173,12 @@ proptest! {
         items in 1u64..=3_000,
         multi_thread in any::<bool>(),
     ) {
-        let runtime = if multi_thread {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build()
-        } else {
-            tokio::runtime::Builder::new_current_thread().enable_time().build()
-        }
-        .unwrap();
         let probe = Probe::default();
-        let report = runtime.block_on(run(&config(producers, workers, capacity, items), &probe));
+        let config = config(producers, workers, capacity, items);
+        let report = within(Duration::from_secs(30), {
+            let probe = probe.clone();
+            move || runtime(multi_thread).block_on(async move { run(&config, &probe).await })
+        });
 
         prop_assert_eq!(report.produced, items);
         prop_assert_eq!(report.handled, items);
@@ -167,29 +193,31 @@ proptest! {
 
 /// The run ends on its own once the producers are done. If any `Sender`
 /// outlived them (the classic forgotten `drop(tx)`), the workers would wait
-/// forever and the timeout would fire.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ends_by_itself_when_producers_finish() {
-    let probe = Probe::default();
-    let mut config = config(4, 4, 8, 50_000);
-    config.progress_secs = 1; // The progress task must not hold the channel open either.
-    let report = timeout(Duration::from_secs(30), run(&config, &probe))
-        .await
-        .expect("the pipeline did not end after its producers finished");
+/// forever and the deadline would pass.
+#[test]
+fn ends_by_itself_when_producers_finish() {
+    let report = on_runtime(Duration::from_secs(30), || async {
+        let mut config = config(4, 4, 8, 50_000);
+        config.progress_secs = 1; // The progress task must not hold the channel open either.
+        run(&config, &Probe::default()).await
+    });
     assert_eq!(report.handled, 50_000);
 }
 
 /// Slow workers throttle the producers: items in flight never exceed the
 /// channel capacity plus one item per waiting producer and one per worker,
 /// however fast the producers are.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_flight_items_stay_within_the_bound() {
+#[test]
+fn in_flight_items_stay_within_the_bound() {
     let probe = Probe {
         work: Duration::from_millis(1),
         ..Probe::default()
     };
     let config = config(8, 3, 4, 300);
-    let report = run(&config, &probe).await;
+    let report = on_runtime(Duration::from_secs(30), {
+        let (config, probe) = (config.clone(), probe.clone());
+        move || async move { run(&config, &probe).await }
+    });
 
     let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
     let bound = pipeline::max_in_flight(&config) as u64;
@@ -207,13 +235,15 @@ async fn in_flight_items_stay_within_the_bound() {
 
 /// Slow items are spread over all workers: each takes the next item when it
 /// is free, so none sits idle while items wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_items_are_shared_by_every_worker() {
+#[test]
+fn slow_items_are_shared_by_every_worker() {
     let probe = Probe {
         work: Duration::from_millis(2),
         ..Probe::default()
     };
-    let report = run(&config(1, 4, 8, 200), &probe).await;
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        run(&config(1, 4, 8, 200), &probe).await
+    });
     assert_eq!(report.handled, 200);
     assert!(
         report.handled_per_worker.iter().all(|&n| n >= 10),
@@ -227,34 +257,35 @@ async fn slow_items_are_shared_by_every_worker() {
 /// only because the channel closes: had they raced `recv_async` against the
 /// token in `select!`, they would quit with items still queued, and nothing
 /// would be handled after the cancellation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_producers_and_drains_the_queue() {
+#[test]
+fn cancel_stops_producers_and_drains_the_queue() {
     let probe = Probe {
         work: Duration::from_millis(2),
         ..Probe::default()
     };
-    let (shutdown, finished_at_cancel) = cancel_after(Duration::from_millis(100), &probe);
     let config = config(4, 2, 16, 0); // 0 = produce until cancelled.
-
     // Draining 16 queued items plus one per producer and worker, 2 ms each
     // over 2 workers, takes well under the deadline.
-    let report = timeout(
-        Duration::from_secs(10),
-        pipeline::run(&config, probe.clone(), shutdown),
-    )
-    .await
-    .expect("the drain after cancellation did not finish in time");
+    let (report, finished_at_cancel) = on_runtime(Duration::from_secs(10), {
+        let (config, probe) = (config.clone(), probe.clone());
+        move || async move {
+            let (shutdown, finished_at_cancel) = cancel_after(Duration::from_millis(100), &probe);
+            let report = pipeline::run(&config, probe, shutdown).await;
+            (report, finished_at_cancel.load(SeqCst))
+        }
+    });
 
     assert!(report.cancelled);
     assert!(report.produced > 0);
     // Fast producers keep the channel full, so at least `capacity` items were
     // queued when the token fired.
-    let drained = report.handled - finished_at_cancel.load(SeqCst);
+    let drained = report.handled - finished_at_cancel;
     assert!(
         drained >= config.capacity as u64,
         "only {drained} items handled after cancellation: the queue was not drained"
     );
     assert_eq!(report.produced, report.handled + report.failed);
+    assert_eq!(report.unaccounted, 0);
     assert_eq!(report.handled, probe.seen.finished.load(SeqCst));
     assert_eq!(
         report.produced,
@@ -268,20 +299,20 @@ async fn cancel_stops_producers_and_drains_the_queue() {
 /// drop the item it held (flume keeps it inside the send future), and a
 /// worker that raced `recv_async` could lose the wake-up for a queued item
 /// (flume's receive is not safe to cancel in `select!`) and hang the drain.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancellation_under_load_never_loses_an_item() {
+#[test]
+fn cancellation_under_load_never_loses_an_item() {
     for cancel_after_ms in 1..=25 {
         let probe = Probe {
             work: Duration::from_micros(300),
             ..Probe::default()
         };
-        let (shutdown, _) = cancel_after(Duration::from_millis(cancel_after_ms), &probe);
-        let report = timeout(
-            Duration::from_secs(10),
-            pipeline::run(&config(8, 4, 2, 0), probe.clone(), shutdown),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("cancelled after {cancel_after_ms} ms: the drain hung"));
+        let report = on_runtime(Duration::from_secs(10), {
+            let probe = probe.clone();
+            move || async move {
+                let (shutdown, _) = cancel_after(Duration::from_millis(cancel_after_ms), &probe);
+                pipeline::run(&config(8, 4, 2, 0), probe, shutdown).await
+            }
+        });
 
         let created = probe.seen.produced.load(SeqCst);
         assert_eq!(
@@ -290,24 +321,24 @@ async fn cancellation_under_load_never_loses_an_item() {
             "cancelled after {cancel_after_ms} ms: {created} items created, {} handled or failed",
             report.handled + report.failed
         );
+        assert_eq!(
+            report.unaccounted, 0,
+            "cancelled after {cancel_after_ms} ms"
+        );
     }
 }
 
 /// The flume hazard: a blocking `send` or `recv` in async code holds the
 /// runtime thread. On a `current_thread` runtime with capacity 1, a blocking
 /// call in a producer or an async worker deadlocks the pipeline; with thread
-/// workers, a blocking producer stalls every other task. The pipeline runs on
-/// its own thread (a deadlocked runtime cannot fire its own timeout), next to
-/// a heartbeat task that must keep ticking while items flow.
+/// workers, a blocking producer stalls every other task. The pipeline runs
+/// under a deadline kept outside its runtime (a deadlocked runtime cannot
+/// fire its own timeout), next to a heartbeat task that must keep ticking
+/// while items flow.
 #[test]
 fn nothing_blocks_the_runtime() {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let outcome = runtime.block_on(async {
+    let (report, beats, elapsed) = within(Duration::from_secs(30), || {
+        runtime(false).block_on(async {
             let beats = Arc::new(AtomicU64::new(0));
             let heartbeat = tokio::spawn({
                 let beats = Arc::clone(&beats);
@@ -328,12 +359,8 @@ fn nothing_blocks_the_runtime() {
             let report = run(&config(2, 2, 1, 200), &probe).await;
             heartbeat.abort();
             (report, beats.load(SeqCst), started.elapsed())
-        });
-        let _ = done_tx.send(outcome);
+        })
     });
-    let (report, beats, elapsed) = done_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("deadlock: a blocking channel call ran on the current_thread runtime");
     assert_eq!(report.handled, 200);
     // The runtime thread is idle nearly all the time (workers are slow), so
     // the 1 ms heartbeat ticks every millisecond or two. A producer blocked in
@@ -347,14 +374,16 @@ fn nothing_blocks_the_runtime() {
 }
 
 /// A handler error is counted, and every worker goes on with the next item.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handler_errors_are_counted_and_the_run_goes_on() {
+#[test]
+fn handler_errors_are_counted_and_the_run_goes_on() {
     let probe = Probe {
         fail_every: Some(10),
         work: Duration::from_micros(500),
         ..Probe::default()
     };
-    let report = run(&config(3, 4, 8, 1_000), &probe).await;
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        run(&config(3, 4, 8, 1_000), &probe).await
+    });
     assert_eq!(report.failed, 100);
     assert_eq!(report.handled, 900);
     assert!(
@@ -368,66 +397,232 @@ async fn handler_errors_are_counted_and_the_run_goes_on() {
     );
 }
 
-/// A panicking worker is reported and fails the run, the item in its hands is
-/// counted as failed, and the other workers handle everything else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_worker_is_reported_and_the_others_go_on() {
+/// A panicking worker fails the run and stops the producers; the other
+/// workers drain what is already queued. Only the item in the panicking
+/// hands is lost, and the report says so exactly.
+#[test]
+fn a_panicking_worker_stops_the_producers_and_the_others_drain() {
     let probe = Probe {
         panic_at: Some(100),
         ..Probe::default()
     };
-    let report = timeout(
-        Duration::from_secs(30),
-        run(&config(2, 4, 16, 5_000), &probe),
-    )
-    .await
-    .expect("a panicking worker must not hang the run");
-    assert_eq!(report.panicked_tasks, 1);
+    let report = on_runtime(Duration::from_secs(30), {
+        let probe = probe.clone();
+        move || async move { run(&config(2, 4, 16, 100_000), &probe).await }
+    });
+    assert_eq!(report.failed_stages, 1);
     assert!(!report.is_success());
-    assert_eq!(report.produced, 5_000, "producers go on");
-    assert_eq!(report.failed, 1, "the item in the panicking hands");
-    assert_eq!(report.handled, 4_999, "the other workers handled the rest");
-    let expected = (0..5_000u64)
-        .filter(|&seq| seq != 100)
-        .map(mix)
-        .fold(0u64, u64::wrapping_add);
-    assert_eq!(probe.seen.checksum.load(SeqCst), expected);
+    assert!(
+        report.produced < 100_000,
+        "producers stopped once the worker panicked"
+    );
+    assert_eq!(report.produced, probe.seen.produced.load(SeqCst));
+    assert_eq!(report.lost, 1, "the item in the panicking hands");
+    assert_eq!((report.failed, report.unaccounted), (0, 0));
+    assert_eq!(
+        report.handled,
+        report.produced - 1,
+        "the others drained the rest"
+    );
+    assert_eq!(
+        probe.seen.checksum.load(SeqCst),
+        probe
+            .seen
+            .produced_checksum
+            .load(SeqCst)
+            .wrapping_sub(mix(100)),
+        "the handled items are not the produced ones minus the lost one"
+    );
 }
 
-/// When every worker panics, the producers notice that nobody receives any
-/// more and stop, even when they would otherwise produce forever. The report
-/// accounts for every item that entered the channel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_every_worker_panics_the_run_ends() {
+/// When every worker panics, the producers must still stop. The stop token
+/// cannot reach a producer that waits in `send_async` for a slot on a full
+/// channel (that wait is never raced, see `src/pipeline.rs`); only the end of
+/// the last `Receiver` wakes it. Slow handlers let the producers fill the
+/// channel and wait before the workers panic, so if `run` kept a `Receiver`
+/// alive, the producers would wait forever and the deadline would pass.
+#[test]
+fn when_every_worker_panics_the_run_ends() {
+    let (producers, workers, capacity) = (8, 3, 8);
     let probe = Probe {
-        panic_from: Some(50),
+        panic_from: Some(0),
+        work: Duration::from_millis(100),
         ..Probe::default()
     };
-    let report = timeout(
-        Duration::from_secs(30),
-        pipeline::run(&config(2, 3, 8, 0), probe.clone(), CancellationToken::new()),
-    )
-    .await
-    .expect("producers must stop once every worker is gone");
-    assert_eq!(report.panicked_tasks, 3);
-    assert!(report.failed >= 3, "each panicking worker held an item");
-    assert_eq!(report.produced, report.handled + report.failed);
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        pipeline::run(
+            &config(producers, workers, capacity, 0),
+            probe,
+            CancellationToken::new(),
+        )
+        .await
+    });
+    assert_eq!(report.failed_stages, workers);
+    assert_eq!((report.handled, report.failed), (0, 0));
+    assert_eq!(report.lost, report.produced, "nothing was handled");
+    assert_eq!(report.unaccounted, 0);
+    assert!(
+        report.produced <= (capacity + workers) as u64,
+        "the channel plus one item per worker: {report:?}"
+    );
 }
 
 /// A panicking producer stops the others, even when they would otherwise
-/// produce forever, and the run ends as an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_producer_stops_the_run() {
+/// produce forever, and the run ends as an error. It held no item when it
+/// panicked, so nothing is lost: the workers drain everything queued.
+#[test]
+fn a_panicking_producer_stops_the_run() {
     let probe = Probe {
         produce_panics_at: Some(1_001),
         ..Probe::default()
     };
-    let report = timeout(
-        Duration::from_secs(30),
-        pipeline::run(&config(4, 2, 8, 0), probe.clone(), CancellationToken::new()),
-    )
-    .await
-    .expect("a panicking producer must stop the run");
-    assert_eq!(report.panicked_tasks, 1);
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        pipeline::run(&config(4, 2, 8, 0), probe, CancellationToken::new()).await
+    });
+    assert_eq!(report.failed_stages, 1);
+    assert!(!report.is_success());
+    assert_eq!((report.lost, report.unaccounted), (0, 0));
     assert_eq!(report.produced, report.handled + report.failed);
+}
+
+/// The flume hazard under sustained load: flume's futures do not take part
+/// in tokio's cooperative scheduling, so a producer whose channel always has
+/// room and a worker that always finds an item never wait, and unless they
+/// yield to the scheduler, the timer that cancels the run never fires. A huge
+/// capacity keeps the channel from ever filling, capacity 1 keeps it always
+/// just full, and four producers and four workers keep every runtime thread
+/// busy. The deadline is kept outside the runtime, so a regression fails here
+/// instead of hanging.
+#[test]
+fn cancellation_is_heard_under_sustained_load() {
+    for multi_thread in [false, true] {
+        for capacity in [1, 999_999] {
+            let case = format!("multi_thread={multi_thread} capacity={capacity}");
+            let report = within(Duration::from_secs(30), move || {
+                runtime(multi_thread).block_on(async {
+                    let probe = Probe::default();
+                    let (shutdown, _) = cancel_after(Duration::from_millis(200), &probe);
+                    pipeline::run(&config(4, 4, capacity, 0), probe, shutdown).await
+                })
+            });
+            assert!(report.cancelled, "{case}");
+            assert!(report.is_success(), "{case}: {report:?}");
+            assert_eq!(report.produced, report.handled, "{case}");
+        }
+    }
+}
+
+/// After a shutdown request the drain gets `--drain-timeout`; then the run
+/// stops waiting, counts what is left as abandoned, and says so in its exit
+/// code. The workers are stuck in their first items for an hour; the run
+/// still ends about a second after the cancellation.
+#[test]
+fn a_drain_longer_than_the_deadline_is_abandoned() {
+    let probe = Probe {
+        work: Duration::from_secs(3600),
+        ..Probe::default()
+    };
+    let mut config = config(2, 2, 8, 0);
+    config.drain_timeout = 1;
+    let started = Instant::now();
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        let (shutdown, _) = cancel_after(Duration::from_millis(50), &probe);
+        pipeline::run(&config, probe, shutdown).await
+    });
+
+    assert!(report.drain_timed_out);
+    assert_eq!(report.exit_code(), EXIT_DRAIN_TIMEOUT);
+    assert!(report.abandoned > 0);
+    assert_eq!(
+        report.abandoned,
+        report.produced - report.handled - report.failed
+    );
+    assert_eq!((report.lost, report.unaccounted), (0, 0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A worker that panics mid-run: everything it finished before the panic is
+/// reported as handled or failed, and only the rest as lost. One producer and
+/// one worker keep the items in order, so the numbers are exact: the worker
+/// finished exactly the items before the one it panicked on, and the items
+/// still queued went down with the last receiver.
+#[test]
+fn a_panic_mid_run_reports_exact_numbers() {
+    let panic_at = 300;
+    let probe = Probe {
+        panic_at: Some(panic_at),
+        fail_every: Some(7),
+        ..Probe::default()
+    };
+    let report = on_runtime(Duration::from_secs(30), move || async move {
+        run(&config(1, 1, 512, 100_000), &probe).await
+    });
+
+    let failed = (0..panic_at).filter(|seq| seq % 7 == 0).count() as u64;
+    assert_eq!(report.failed, failed);
+    assert_eq!(report.handled, panic_at - failed);
+    assert_eq!(report.lost, report.produced - panic_at);
+    assert_eq!((report.failed_stages, report.unaccounted), (1, 0));
+}
+
+/// A worker stuck on one slow item for longer than `--stall-warn-secs`, with
+/// items waiting behind it, makes one stall episode; the run then recovers
+/// and succeeds. One worker, so nobody else takes the waiting items.
+#[test]
+fn a_stuck_worker_is_reported_as_a_stall() {
+    let stalled_run = |slow: Duration, stall_warn_secs: u64| {
+        let probe = Probe {
+            slow_item: Some((5, slow)),
+            ..Probe::default()
+        };
+        let mut config = config(1, 1, 4, 20);
+        config.stall_warn_secs = stall_warn_secs;
+        on_runtime(Duration::from_secs(30), move || async move {
+            run(&config, &probe).await
+        })
+    };
+    // Samples every 250 ms: a 2.5 s stall is seen well past the 1 s mark.
+    let report = stalled_run(Duration::from_millis(2_500), 1);
+    assert_eq!(report.stall_episodes, 1);
+    assert_eq!(report.handled, 20);
+    assert!(report.is_success());
+
+    let report = stalled_run(Duration::from_millis(1_500), 0);
+    assert_eq!(report.stall_episodes, 0, "0 turns it off");
+}
+
+/// Many producers, tiny and small capacities, both flavors, cancelled at
+/// varying moments in real time: every item the workload created is handled
+/// exactly once, and the report balances. Any lost or duplicated item shows
+/// up as a count, checksum or `unaccounted` mismatch.
+#[test]
+fn stress_every_created_item_is_accounted_for() {
+    within(Duration::from_secs(120), || {
+        for round in 0..4u64 {
+            for multi_thread in [false, true] {
+                for capacity in [1, 64] {
+                    let probe = Probe::default();
+                    let report = runtime(multi_thread).block_on(async {
+                        let delay = Duration::from_millis(5 + 7 * round);
+                        let (shutdown, _) = cancel_after(delay, &probe);
+                        pipeline::run(&config(16, 4, capacity, 0), probe.clone(), shutdown).await
+                    });
+                    let case =
+                        format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
+                    assert_eq!(report.unaccounted, 0, "{case}: {report:?}");
+                    assert_eq!(report.produced, probe.seen.produced.load(SeqCst), "{case}");
+                    assert_eq!(report.handled, report.produced, "{case}");
+                    assert_eq!(
+                        probe.seen.checksum.load(SeqCst),
+                        probe.seen.produced_checksum.load(SeqCst),
+                        "{case}: the handled items are not the produced ones"
+                    );
+                }
+            }
+        }
+    });
 }

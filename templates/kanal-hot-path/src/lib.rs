@@ -4,11 +4,14 @@
 //! Where things live:
 //! - [`workload`]: your item type and handler; the one module to edit.
 //! - [`pipeline`]: the topology (tasks, channel, draining on shutdown).
-//! - [`config`], [`telemetry`], [`shutdown`], [`report`]: the service chassis.
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
+//!   [`report`]: the service chassis, the same in every Conveyor template.
 
 pub mod config;
+pub mod counters;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod workload;

@@ -19,28 +19,39 @@
 //!
 //! The run ends when every producer has finished and the consumer has drained
 //! the channel, or, after cancellation, when the producers have stopped and the
-//! consumer has drained what was already queued.
+//! consumer has drained what was already queued (within `--drain-timeout`).
+//! Starting the tasks, joining them, the progress line, the stall warning and
+//! the report are the chassis's job ([`crate::supervisor`]); this module holds
+//! only the channel, the tasks and their loops.
+//!
+//! kanal's futures do not take part in tokio's cooperative scheduling: a
+//! `send` that finds room, or a `recv` that finds an item, is ready at once
+//! and never spends the task's budget. A producer whose channel never fills,
+//! or a consumer whose channel never runs empty, would then keep its runtime
+//! thread for as long as the load lasts, and the signal listener, the timers
+//! and the stop flag's follower task would never run. Every kanal future is
+//! therefore wrapped in [`cooperative`]; see the producer loop for why that is
+//! safe for futures that are not cancel safe.
 //!
 //! What one item costs beyond the channel itself: a producer loads a flag that
 //! only changes once, and stores a running total into a counter slot that no
-//! other task writes. The consumer stores its totals once per wake-up, and
-//! with batching it takes the channel's lock once per wake-up rather than once
-//! per item. Nothing on this path allocates, and the task spans are off at the
-//! default log level.
+//! other task writes; the consumer does the same with its totals after every
+//! item. Each `send` and each `recv` also spends one unit of the task's coop
+//! budget, a thread-local counter. With batching the consumer takes the
+//! channel's lock once per wake-up rather than once per item. Nothing on this
+//! path allocates, and the task spans are off at the default log level.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Instant;
 
 use kanal::{AsyncReceiver, AsyncSender};
-use tokio::task::JoinHandle;
+use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::{StopFlag, Supervisor};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "kanal-hot-path";
@@ -94,17 +105,14 @@ pub trait Workload: Send + Sync + 'static {
 }
 
 /// Runs the pipeline until all `config.items` are handled or `shutdown` is
-/// cancelled and the queued items are drained.
+/// cancelled and the queued items are drained (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, 1);
     let workload = Arc::new(workload);
-    let counters = Arc::new(Counters::new(config.producers, 1));
-    // A panicking producer stops the others through this child token without
-    // cancelling the caller's token.
-    let stop = shutdown.child_token();
-    let stopping = Arc::new(StopFlag::default());
+    // Producers look at the stop flag before every item; asking the token
+    // itself would take its lock each time.
+    let stopping = supervisor.stop_flag();
     let (tx, rx) = kanal::bounded_async::<W::Item>(config.capacity);
-    let tracker = TaskTracker::new();
     tracing::info!(
         producers = config.producers,
         capacity = config.capacity,
@@ -116,96 +124,33 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     // The task spans are at debug level: an enabled span is entered and left
     // on every poll of its task, which this pipeline does up to once per item.
     // At the default `info` level they cost nothing; `RUST_LOG=debug` shows them.
-
-    // Producers look at the stop flag before every item; asking the token
-    // itself would take its lock each time.
-    tracker.spawn(Arc::clone(&stopping).follow(stop.clone()));
-
-    let producers: Vec<JoinHandle<()>> = (0..config.producers)
-        .map(|id| {
-            let producer = Producer {
-                id,
-                stride: config.producers as u64,
-                items: config.items,
-                tx: tx.clone(),
-                workload: Arc::clone(&workload),
-                counters: Arc::clone(&counters),
-                stop: stop.clone(),
-                stopping: Arc::clone(&stopping),
-            };
-            tracker.spawn(
-                producer
-                    .run()
-                    .instrument(tracing::debug_span!("producer", id)),
-            )
-        })
-        .collect();
+    for id in 0..config.producers {
+        let producer = Producer {
+            id,
+            stride: config.producers as u64,
+            items: config.items,
+            tx: tx.clone(),
+            workload: Arc::clone(&workload),
+            counters: Arc::clone(supervisor.counters()),
+            stopping: Arc::clone(&stopping),
+        };
+        let span = tracing::debug_span!("producer", id);
+        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
+    }
     // The consumer sees the end of input only when every sender is gone. The
     // producers own clones; this original must go now, or the consumer would
     // wait forever for items that never come.
     drop(tx);
 
     let held = max_held_by_consumer(config.capacity, config.producers);
-    let consumer = tracker.spawn(
-        consume(rx, workload, Arc::clone(&counters), held)
-            .instrument(tracing::debug_span!("consumer")),
+    let counters = Arc::clone(supervisor.counters());
+    let span = tracing::debug_span!("consumer");
+    supervisor.spawn_task(
+        "consumer".to_owned(),
+        span,
+        consume(rx, workload, counters, held),
     );
-    let done = CancellationToken::new();
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    let mut panicked_tasks = 0;
-    for producer in producers {
-        panicked_tasks += usize::from(joined_with_panic(producer.await, "producer"));
-    }
-    panicked_tasks += usize::from(joined_with_panic(consumer.await, "consumer"));
-    done.cancel();
-    // Releases the stop-flag task. `stop` is a child token, so the caller's
-    // token, and with it `cancelled` below, is unaffected.
-    stop.cancel();
-    tracker.wait().await;
-
-    let cancelled = shutdown.is_cancelled();
-    let report = Report::new(
-        TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        panicked_tasks,
-        cancelled,
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        "pipeline finished"
-    );
-    report
-}
-
-/// The run's stop signal as a plain flag: written once, read by every
-/// producer before every item for the price of one load. Alone on its cache
-/// line, so the counters written next to it never evict it.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct StopFlag(AtomicBool);
-
-impl StopFlag {
-    fn is_set(&self) -> bool {
-        self.0.load(Relaxed)
-    }
-
-    /// Sets the flag once `token` is cancelled.
-    async fn follow(self: Arc<Self>, token: CancellationToken) {
-        token.cancelled().await;
-        self.0.store(true, Relaxed);
-    }
+    supervisor.finish().await
 }
 
 /// One source task and everything it needs.
@@ -216,15 +161,13 @@ struct Producer<W: Workload> {
     tx: AsyncSender<W::Item>,
     workload: Arc<W>,
     counters: Arc<Counters>,
-    stop: CancellationToken,
     stopping: Arc<StopFlag>,
 }
 
 impl<W: Workload> Producer<W> {
     /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
-    /// is reached, the run is cancelled or the consumer is gone.
+    /// is reached, the run is stopped or the consumer is gone.
     async fn run(self) {
-        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
         let slot = self.counters.producer(self.id);
         let mut produced = 0u64;
         let mut seq = self.id as u64;
@@ -237,12 +180,21 @@ impl<W: Workload> Producer<W> {
             // keeps draining until every producer is gone, and the stop flag
             // is read again before the next item is made. So after a shutdown
             // request each producer finishes at most the one send it is in.
-            let sent = self.tx.send(item).await;
+            //
+            // `cooperative` makes the send spend the task's coop budget, so
+            // the producer yields once per budget (128 sends) even when the
+            // channel always has room; kanal's send alone never would, and
+            // would starve the signal listener, the timers and the stop
+            // flag. It looks at the budget before it polls the send, and
+            // when the budget is spent it returns `Pending` with the send
+            // future, item and all, still inside it: the future is polled
+            // again after the yield, never dropped, so nothing is lost.
+            let sent = cooperative(self.tx.send(item)).await;
             slot.publish(produced);
             if sent.is_err() {
                 // Only a consumer that panicked drops the receiver. This item
-                // was made and is lost with it, so it stays counted as
-                // produced: the report then counts it as failed.
+                // was made and went down with the send, so it stays counted
+                // as produced: the report then counts it as lost.
                 break;
             }
             seq += self.stride;
@@ -270,7 +222,11 @@ async fn consume<W: Workload>(
     // it stays empty and allocates nothing.
     let mut batch: Vec<W::Item> = Vec::with_capacity(held - 1);
     let mut wakeups = 0u64;
-    while let Ok(first) = rx.recv().await {
+    // `cooperative` for the same reason as in the producers: a consumer whose
+    // channel never runs empty finds every `recv` ready and would otherwise
+    // never yield. It checks the budget before polling `recv`, so an item
+    // handed to a waiting `recv` stays in the future across the yield.
+    while let Ok(first) = cooperative(rx.recv()).await {
         if BATCHING {
             // Everything queued plus the item of every producer waiting for
             // room, under one lock. It fails only when no receiver is left,
@@ -292,8 +248,11 @@ async fn consume<W: Workload>(
                     item_failed(&error);
                 }
             }
+            // After every item, not once per wake-up: if a later item of this
+            // batch panics, the report still knows exactly what finished, and
+            // only the rest of the batch is lost.
+            slot.publish(handled, failed);
         }
-        slot.publish(handled, failed);
     }
 }
 
@@ -301,27 +260,4 @@ async fn consume<W: Workload>(
 #[cold]
 fn item_failed(error: &anyhow::Error) {
     tracing::warn!(error = format!("{error:#}"), "item failed");
-}
-
-/// Logs a task's panic and says whether there was one.
-fn joined_with_panic(result: Result<(), tokio::task::JoinError>, task: &str) -> bool {
-    match result {
-        Ok(()) => false,
-        Err(error) => {
-            tracing::error!(task, %error, "pipeline task panicked");
-            true
-        }
-    }
-}
-
-/// Cancels the run when dropped during a panic, so one failing producer stops
-/// the rest instead of leaving them running until their quota is done.
-struct StopOnPanic(CancellationToken);
-
-impl Drop for StopOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.cancel();
-        }
-    }
 }

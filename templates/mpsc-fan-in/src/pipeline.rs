@@ -19,6 +19,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::coop::Pacer;
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -114,6 +115,7 @@ impl<W: Workload> Producer<W> {
     async fn run(self) {
         let slot = self.counters.producer(self.id);
         let mut cancelled = pin!(self.stop.cancelled());
+        let mut pacer = Pacer::default();
         let mut produced = 0u64;
         let mut seq = self.id as u64;
         while self.items == 0 || seq < self.items {
@@ -143,12 +145,9 @@ impl<W: Workload> Producer<W> {
             produced += 1;
             slot.publish(produced);
             seq += self.stride;
-            // `try_reserve` never yields, and on a channel with room it
-            // always succeeds. Without this, a producer would keep its
-            // runtime thread until its quota is done, starving the signal
-            // listener, the timers and every other task there. It yields
-            // once per coop budget (128 items), which costs next to nothing.
-            tokio::task::consume_budget().await;
+            // `try_reserve` succeeds without ever yielding while the channel
+            // has room, which with a large capacity may be for the whole run.
+            pacer.step().await;
         }
         tracing::debug!(produced, "producer finished");
     }

@@ -4,12 +4,15 @@
 //! Where things live:
 //! - [`workload`]: your item type, blocking I/O and async handling; the one
 //!   module to edit.
-//! - [`pipeline`]: the topology (threads, tasks, channels, draining on shutdown).
-//! - [`config`], [`telemetry`], [`shutdown`], [`report`]: the service chassis.
+//! - [`pipeline`]: the topology (threads, tasks, channels).
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
+//!   [`report`]: the service chassis, the same in every Conveyor template.
 
 pub mod config;
+pub mod counters;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod workload;

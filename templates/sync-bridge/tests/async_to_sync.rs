@@ -1,25 +1,34 @@
 //! The bridge's guarantees for direction `async-to-sync`, proven on the real
 //! `pipeline::run` with a workload that records what happened to every item.
+//!
+//! Every run has a deadline kept outside its runtime (`support::within`), so
+//! a runtime that is starved or deadlocked fails the test instead of hanging
+//! the suite.
 
-use std::sync::Arc;
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use clap::Parser;
 use proptest::prelude::*;
 use tokio::runtime::Handle;
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline::{self, BlockingSink, Workload};
-use {{crate_name}}::report::Report;
+use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, EXIT_PIPELINE_ERROR, Report};
+
+use support::{runtime, within};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
     /// Calls to `produce`: the ground truth of how many items exist.
     produced: AtomicU64,
+    /// Wrapping sum of `mix(seq)` over every item produced.
+    produced_checksum: AtomicU64,
     /// Items that reached their end: written, or failed on the way.
     finished: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every written item. Duplicates or
@@ -32,8 +41,8 @@ struct Observed {
 }
 
 /// A test workload: items are sequence numbers; the async producers can be
-/// slow, fail or panic on request; the blocking sink can fail, panic, or
-/// depend on the runtime like a blocking SDK built on it.
+/// slow, fail or panic on request; the blocking sink can fail, panic, be
+/// slow, get stuck, or depend on the runtime like a blocking SDK built on it.
 #[derive(Debug, Clone, Default)]
 struct Probe {
     seen: Arc<Observed>,
@@ -43,11 +52,35 @@ struct Probe {
     sink_panics_at: Option<u64>,
     /// Blocking time per write (`std::thread::sleep` on the sink thread).
     sink_delay: Duration,
+    /// Item whose write blocks for this long instead of `sink_delay`.
+    slow_write: Option<(u64, Duration)>,
     sink_cannot_open: bool,
+    /// `open` blocks until this gate opens.
+    open_gate: Option<Gate>,
+    /// Every `write` blocks until this gate opens.
+    write_gate: Option<Gate>,
     /// When set, every blocking call first waits for a task on this runtime,
     /// the way a blocking wrapper around an async client does. If async code
     /// ever blocks that runtime, this wait never ends.
     round_trip: Option<Handle>,
+}
+
+/// Holds a blocking call, the way a stuck connection does, until the test
+/// lets it go by dropping the `Sender` it got from [`Gate::closed`].
+#[derive(Debug, Clone)]
+struct Gate(Arc<Mutex<mpsc::Receiver<()>>>);
+
+impl Gate {
+    fn closed() -> (Self, mpsc::Sender<()>) {
+        let (opener, gate) = mpsc::channel();
+        (Self(Arc::new(Mutex::new(gate))), opener)
+    }
+
+    /// Blocks until the gate is open.
+    fn pass(&self) {
+        let gate = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let _disconnected = gate.recv();
+    }
 }
 
 impl Probe {
@@ -71,6 +104,9 @@ impl BlockingSink for Probe {
 
     fn open(&self) -> anyhow::Result<()> {
         self.blocking_call();
+        if let Some(gate) = &self.open_gate {
+            gate.pass();
+        }
         if self.sink_cannot_open {
             anyhow::bail!("test sink cannot open");
         }
@@ -79,7 +115,14 @@ impl BlockingSink for Probe {
 
     fn write(&self, _writer: &mut (), seq: u64) -> anyhow::Result<()> {
         self.blocking_call();
-        std::thread::sleep(self.sink_delay);
+        if let Some(gate) = &self.write_gate {
+            gate.pass();
+        }
+        let delay = match self.slow_write {
+            Some((slow, delay)) if slow == seq => delay,
+            _ => self.sink_delay,
+        };
+        std::thread::sleep(delay);
         if self.sink_panics_at == Some(seq) {
             panic!("test sink panics on item {seq}");
         }
@@ -97,6 +140,7 @@ impl BlockingSink for Probe {
 impl Workload for Probe {
     async fn produce(&self, seq: u64) -> anyhow::Result<u64> {
         let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
+        self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // Other items may finish between the two reads, so this can only
         // underestimate; the bound check stays sound.
         let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
@@ -134,6 +178,7 @@ fn config(producers: usize, capacity: usize, items: u64) -> Config {
         format!("--capacity={capacity}"),
         format!("--items={items}"),
         "--progress-secs=0".to_owned(),
+        "--stall-warn-secs=0".to_owned(),
     ])
     .expect("valid test configuration")
 }
@@ -149,8 +194,25 @@ fn cancel_after(delay: Duration) -> CancellationToken {
     token
 }
 
-async fn run(config: &Config, probe: &Probe) -> Report {
-    pipeline::run(config, probe.clone(), CancellationToken::new()).await
+/// How long one run may take before the test calls it hung.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs the pipeline on a fresh runtime of either flavor, cancelled `cancel`
+/// after it starts if given, and fails the test if the run has not ended
+/// within [`RUN_LIMIT`].
+fn run_on(multi_thread: bool, config: &Config, probe: &Probe, cancel: Option<Duration>) -> Report {
+    let (config, probe) = (config.clone(), probe.clone());
+    within(RUN_LIMIT, move || {
+        runtime(multi_thread).block_on(async move {
+            let shutdown = cancel.map_or_else(CancellationToken::new, cancel_after);
+            pipeline::run(&config, probe, shutdown).await
+        })
+    })
+}
+
+/// Runs the pipeline to its end on a multi-thread runtime.
+fn run(config: &Config, probe: &Probe) -> Report {
+    run_on(true, config, probe, None)
 }
 
 /// Runs the pipeline on a fresh `current_thread` runtime in its own thread,
@@ -189,15 +251,9 @@ proptest! {
         items in 1u64..=2_000,
         multi_thread in any::<bool>(),
     ) {
-        let runtime = if multi_thread {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build()
-        } else {
-            tokio::runtime::Builder::new_current_thread().enable_time().build()
-        }
-        .unwrap();
         let probe = Probe::default();
         let config = config(producers, capacity, items);
-        let report = runtime.block_on(run(&config, &probe));
+        let report = run_on(multi_thread, &config, &probe, None);
 
         prop_assert_eq!(report.produced, items);
         prop_assert_eq!(report.handled, items);
@@ -229,28 +285,29 @@ fn async_code_never_blocks_the_runtime() {
 }
 
 /// The run ends on its own once the producers are done. If any sender
-/// outlived them, the sink would wait forever and the timeout would fire.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ends_by_itself_when_the_producers_finish() {
+/// outlived them, the sink would wait forever and the deadline would fail
+/// the test.
+#[test]
+fn ends_by_itself_when_the_producers_finish() {
     let probe = Probe::default();
     let mut config = config(4, 8, 50_000);
-    config.progress_secs = 1; // The progress task must not hold a channel open either.
-    let report = timeout(Duration::from_secs(30), run(&config, &probe))
-        .await
-        .expect("the pipeline did not end after its producers finished");
+    // The monitor must not hold a channel open either.
+    config.progress_secs = 1;
+    config.stall_warn_secs = 5;
+    let report = run(&config, &probe);
     assert_eq!(report.handled, 50_000);
 }
 
 /// A slow sink throttles the producers: items in flight never exceed the
 /// channel plus the items held by producers and the sink.
-#[tokio::test]
-async fn in_flight_items_stay_within_the_bound() {
+#[test]
+fn in_flight_items_stay_within_the_bound() {
     let probe = Probe {
         sink_delay: Duration::from_millis(1),
         ..Probe::default()
     };
     let config = config(8, 4, 300);
-    let report = run(&config, &probe).await;
+    let report = run_on(false, &config, &probe, None);
 
     let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
     let bound = pipeline::max_in_flight(&config) as u64;
@@ -267,20 +324,14 @@ async fn in_flight_items_stay_within_the_bound() {
 
 /// Cancellation stops the producers, the sink drains the queue, and the run
 /// ends promptly with every item produced accounted for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_the_producers_and_drains_the_queue() {
+#[test]
+fn cancel_stops_the_producers_and_drains_the_queue() {
     let probe = Probe {
         work: Duration::from_millis(1),
         ..Probe::default()
     };
-    let shutdown = cancel_after(Duration::from_millis(100));
     let config = config(4, 16, 0); // 0 = produce until cancelled.
-    let report = timeout(
-        Duration::from_secs(10),
-        pipeline::run(&config, probe.clone(), shutdown),
-    )
-    .await
-    .expect("the drain after cancellation did not finish in time");
+    let report = run_on(true, &config, &probe, Some(Duration::from_millis(100)));
 
     assert!(report.cancelled);
     assert!(report.produced > 0);
@@ -293,13 +344,13 @@ async fn cancel_stops_the_producers_and_drains_the_queue() {
 }
 
 /// An error in an async producer is counted, and the pipeline goes on.
-#[tokio::test]
-async fn handler_errors_are_counted_and_the_run_goes_on() {
+#[test]
+fn handler_errors_are_counted_and_the_run_goes_on() {
     let probe = Probe {
         fail_every: Some(10),
         ..Probe::default()
     };
-    let report = run(&config(3, 8, 1_000), &probe).await;
+    let report = run_on(false, &config(3, 8, 1_000), &probe, None);
     assert_eq!(report.failed, 100);
     assert_eq!(report.handled, 900);
     assert!(
@@ -310,47 +361,194 @@ async fn handler_errors_are_counted_and_the_run_goes_on() {
 
 /// A panicking producer stops the others, even when they would produce
 /// forever, and the run ends as an error that accounts for every item.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_producer_stops_the_run() {
+#[test]
+fn a_panicking_producer_stops_the_run() {
     let probe = Probe {
         panic_at: Some(100),
         ..Probe::default()
     };
-    let report = timeout(Duration::from_secs(30), run(&config(4, 16, 0), &probe))
-        .await
-        .expect("a panicking producer must stop the run");
-    assert_eq!(report.panicked_tasks, 1);
-    assert!(!report.is_success());
-    assert_eq!(report.produced, report.handled + report.failed);
+    let report = run(&config(4, 16, 0), &probe);
+    assert_eq!(report.failed_stages, 1);
+    assert_eq!(report.exit_code(), EXIT_PIPELINE_ERROR);
+    assert_eq!(report.unaccounted, 0);
+    assert_eq!(
+        report.produced,
+        report.handled + report.failed + report.lost
+    );
 }
 
-/// A panicking sink thread stops the run as an error, with every item
-/// produced accounted for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_sink_fails_the_run_without_hanging() {
+/// A panicking sink thread stops the run as an error; the item it was
+/// writing and those still queued are lost with it.
+#[test]
+fn a_panicking_sink_fails_the_run_without_hanging() {
     let probe = Probe {
         sink_panics_at: Some(100),
         ..Probe::default()
     };
-    let report = timeout(Duration::from_secs(30), run(&config(4, 16, 0), &probe))
-        .await
-        .expect("a panicking sink must not hang the run");
-    assert_eq!(report.panicked_tasks, 1);
-    assert!(!report.is_success());
-    assert_eq!(report.produced, report.handled + report.failed);
+    let report = run(&config(4, 16, 0), &probe);
+    assert_eq!(report.failed_stages, 1);
+    assert_eq!(report.exit_code(), EXIT_PIPELINE_ERROR);
+    assert!(report.lost >= 1, "{report:?}");
+    assert_eq!(report.unaccounted, 0);
+    assert_eq!(
+        report.produced,
+        report.handled + report.failed + report.lost
+    );
 }
 
 /// A sink that cannot open ends the run before anything is produced.
-#[tokio::test]
-async fn a_sink_that_cannot_open_fails_the_run_at_once() {
+#[test]
+fn a_sink_that_cannot_open_fails_the_run_at_once() {
     let probe = Probe {
         sink_cannot_open: true,
         ..Probe::default()
     };
-    let report = timeout(Duration::from_secs(10), run(&config(4, 4, 0), &probe))
-        .await
-        .expect("a failed sink must not hang the run");
-    assert!(!report.is_success());
+    let report = run_on(false, &config(4, 4, 0), &probe, None);
+    assert_eq!(report.failed_stages, 1);
+    assert_eq!(report.exit_code(), EXIT_PIPELINE_ERROR);
     assert_eq!(report.produced, 0);
     assert_eq!(probe.seen.produced.load(SeqCst), 0);
+}
+
+/// A sink whose `open` hangs (a server that never answers) does not keep a
+/// shutdown waiting: nothing is produced, and the run ends at the drain
+/// deadline.
+#[test]
+fn a_sink_stuck_in_open_does_not_hold_up_shutdown() {
+    let (gate, opener) = Gate::closed();
+    let probe = Probe {
+        open_gate: Some(gate),
+        ..Probe::default()
+    };
+    let mut config = config(4, 4, 0);
+    config.drain_timeout = 1;
+    let report = run_on(true, &config, &probe, Some(Duration::from_millis(100)));
+    drop(opener); // The sink thread opens, finds no producers, and ends.
+
+    assert!(report.cancelled && report.drain_timed_out, "{report:?}");
+    assert_eq!(report.exit_code(), EXIT_DRAIN_TIMEOUT);
+    assert_eq!(report.produced, 0);
+    assert_eq!(probe.seen.produced.load(SeqCst), 0);
+}
+
+/// The reported hazard: flume's futures do not take part in tokio's
+/// cooperative budget. With a channel that never fills (no work per item,
+/// a huge capacity, a sink that keeps up), `send_async` is ready on every
+/// poll; unless the producers yield anyway, they keep every runtime thread,
+/// and the timer that cancels the run never fires. Capacity 1 is the
+/// control: there the producers wait all the time. The deadline is kept
+/// outside the runtime, so a regression fails here instead of hanging.
+#[test]
+fn cancellation_is_heard_under_sustained_load() {
+    for multi_thread in [false, true] {
+        for capacity in [1, 999_999] {
+            let case = format!("multi_thread={multi_thread} capacity={capacity}");
+            let report = run_on(
+                multi_thread,
+                &config(4, capacity, 0),
+                &Probe::default(),
+                Some(Duration::from_millis(500)),
+            );
+            assert!(report.cancelled, "{case}");
+            assert!(report.is_success(), "{case}: {report:?}");
+            assert_eq!(report.produced, report.handled, "{case}");
+            assert_eq!(report.unaccounted, 0, "{case}");
+        }
+    }
+}
+
+/// After a shutdown request the drain gets `--drain-timeout`; then the run
+/// stops waiting for a sink stuck in a blocking write, counts what is left
+/// as abandoned, and says so in its exit code.
+#[test]
+fn a_drain_longer_than_the_deadline_is_abandoned() {
+    let (gate, opener) = Gate::closed();
+    let probe = Probe {
+        write_gate: Some(gate),
+        ..Probe::default()
+    };
+    let mut config = config(2, 8, 0);
+    config.drain_timeout = 1;
+    let report = run_on(true, &config, &probe, Some(Duration::from_millis(100)));
+    drop(opener); // The sink thread writes what is left, then ends.
+
+    assert!(report.drain_timed_out);
+    assert!(report.elapsed < Duration::from_secs(10), "{report:?}");
+    assert_eq!(report.exit_code(), EXIT_DRAIN_TIMEOUT);
+    assert!(report.abandoned > 0);
+    assert_eq!(
+        report.abandoned,
+        report.produced - report.handled - report.failed
+    );
+    assert_eq!((report.lost, report.unaccounted), (0, 0));
+}
+
+/// A sink that panics halfway through the run: everything it wrote (or
+/// counted as failed) before the panic is in the report, and only the rest
+/// is lost. One producer keeps the items in order, so the numbers are exact.
+#[test]
+fn a_panic_mid_stage_reports_exact_numbers() {
+    let panic_at = 300;
+    let probe = Probe {
+        sink_panics_at: Some(panic_at),
+        fail_every: Some(7),
+        ..Probe::default()
+    };
+    let report = run(&config(1, 512, 100_000), &probe);
+
+    let failed = (0..panic_at).filter(|seq| seq % 7 == 0).count() as u64;
+    assert_eq!(report.failed, failed);
+    assert_eq!(report.handled, panic_at - failed);
+    assert_eq!(report.lost, report.produced - panic_at);
+    assert_eq!((report.failed_stages, report.unaccounted), (1, 0));
+}
+
+/// A sink stuck on one slow write for longer than `--stall-warn-secs` makes
+/// one stall episode; the run then recovers and succeeds.
+#[test]
+fn a_stuck_consumer_is_reported_as_a_stall() {
+    let probe = Probe {
+        slow_write: Some((5, Duration::from_millis(2_500))),
+        ..Probe::default()
+    };
+    let mut config = config(1, 4, 20);
+    config.stall_warn_secs = 1;
+    let report = run(&config, &probe);
+    assert_eq!(report.stall_episodes, 1);
+    assert_eq!(report.handled, 20);
+    assert!(report.is_success());
+
+    config.stall_warn_secs = 0;
+    assert_eq!(run(&config, &probe).stall_episodes, 0, "0 turns it off");
+}
+
+/// Many producers, tiny and small capacities, both flavors, cancelled at
+/// varying moments in real time: every item produced is written exactly
+/// once, and the report balances. Any lost or duplicated item shows up as a
+/// count, checksum or `unaccounted` mismatch.
+#[test]
+fn stress_every_created_item_is_accounted_for() {
+    within(Duration::from_secs(120), || {
+        for round in 0..4u64 {
+            for multi_thread in [false, true] {
+                for capacity in [1, 64] {
+                    let probe = Probe::default();
+                    let report = runtime(multi_thread).block_on(async {
+                        let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
+                        pipeline::run(&config(16, capacity, 0), probe.clone(), shutdown).await
+                    });
+                    let case =
+                        format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
+                    assert_eq!(report.unaccounted, 0, "{case}: {report:?}");
+                    assert_eq!(report.produced, probe.seen.produced.load(SeqCst), "{case}");
+                    assert_eq!(report.handled, report.produced, "{case}");
+                    assert_eq!(
+                        probe.seen.checksum.load(SeqCst),
+                        probe.seen.produced_checksum.load(SeqCst),
+                        "{case}: the written items are not the produced ones"
+                    );
+                }
+            }
+        }
+    });
 }

@@ -9,17 +9,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::task::JoinHandle;
+use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
-use super::{StopOnPanic, join_thread, joined_with_panic};
 use crate::config::Config;
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::{StopFlag, Supervisor};
 
 /// Flags of this direction.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,12 +45,11 @@ pub fn max_in_flight(config: &Config) -> usize {
 }
 
 /// Runs the bridge until the producers are done and the sink has written
-/// every item, or until `shutdown` is cancelled and the queue is drained.
+/// every item, or until `shutdown` is cancelled and the queue is drained
+/// (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, 1);
     let workload = Arc::new(workload);
-    let counters = Arc::new(Counters::new(config.producers, 1));
-    let stop = shutdown.child_token();
     let (tx, rx) = flume::bounded::<Outcome<W::Output>>(config.capacity);
     tracing::info!(
         direction = super::DIRECTION,
@@ -63,72 +60,27 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     );
 
     // The sink opens first: if it cannot, nothing is produced at all.
-    let (sink_thread, is_open) = sink::spawn(&workload, rx, &counters, &stop);
-    let sink_opened = sink_thread.is_some() && is_open.await.is_ok();
-
-    let tracker = TaskTracker::new();
-    let producers: Vec<JoinHandle<()>> = if sink_opened {
-        (0..config.producers)
-            .map(|id| {
-                let producer = Producer {
-                    id,
-                    stride: config.producers as u64,
-                    items: config.items,
-                    tx: tx.clone(),
-                    workload: Arc::clone(&workload),
-                    counters: Arc::clone(&counters),
-                    stop: stop.clone(),
-                };
-                tracker.spawn(
-                    producer
-                        .run()
-                        .instrument(tracing::info_span!("producer", id)),
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let is_open = sink::spawn(&mut supervisor, &workload, rx);
+    if sink::opened(is_open, supervisor.stop_token()).await {
+        let stop = supervisor.stop_flag();
+        for id in 0..config.producers {
+            let producer = Producer {
+                id,
+                stride: config.producers as u64,
+                items: config.items,
+                tx: tx.clone(),
+                workload: Arc::clone(&workload),
+                counters: Arc::clone(supervisor.counters()),
+                stop: Arc::clone(&stop),
+            };
+            let span = tracing::info_span!("producer", id);
+            supervisor.spawn_task(format!("producer {id}"), span, producer.run());
+        }
+    }
     // The sink sees the end of input only when every `Sender` is gone; the
     // producers own clones, so this original must go now.
     drop(tx);
-
-    let done = CancellationToken::new();
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    let mut failed_stages = 0;
-    for producer in producers {
-        failed_stages += usize::from(joined_with_panic(producer.await, "producer"));
-    }
-    failed_stages += usize::from(match sink_thread {
-        Some(thread) => join_thread(thread).await,
-        None => true,
-    });
-    done.cancel();
-    tracker.wait().await;
-
-    let report = Report::new(
-        super::TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        failed_stages,
-        shutdown.is_cancelled(),
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        "pipeline finished"
-    );
-    report
+    supervisor.finish().await
 }
 
 /// One async producer task and everything it needs.
@@ -139,7 +91,7 @@ struct Producer<W: Workload> {
     tx: flume::Sender<Outcome<W::Output>>,
     workload: Arc<W>,
     counters: Arc<Counters>,
-    stop: CancellationToken,
+    stop: Arc<StopFlag>,
 }
 
 impl<W: Workload> Producer<W> {
@@ -148,15 +100,14 @@ impl<W: Workload> Producer<W> {
     ///
     /// `send_async` is awaited on its own, never raced against cancellation
     /// in `select!`: a dropped send future drops its item. It always
-    /// completes, because the sink drains the channel until every sender is
-    /// gone.
+    /// completes: the sink drains the channel until every sender is gone,
+    /// and if the sink fails, the channel disconnects.
     async fn run(self) {
-        let _stop_others_if_panicking = StopOnPanic(self.stop.clone());
         let slot = self.counters.producer(self.id);
         let mut produced = 0u64;
         let mut seq = self.id as u64;
         while self.items == 0 || seq < self.items {
-            if self.stop.is_cancelled() {
+            if self.stop.is_set() {
                 break;
             }
             let outcome = match self.workload.produce(seq).await {
@@ -166,9 +117,13 @@ impl<W: Workload> Producer<W> {
                     None
                 }
             };
-            if self.tx.send_async(outcome).await.is_err() {
-                self.stop.cancel(); // the sink is gone
-                break;
+            // `cooperative`: while the channel has room, `send_async` is
+            // ready at once and never yields by itself; the coop budget
+            // makes the producer yield every 128 items, so the signal
+            // listener and the timers still run. Waiting for the budget
+            // happens before the item is handed over, so it loses nothing.
+            if cooperative(self.tx.send_async(outcome)).await.is_err() {
+                break; // the sink is gone: it failed, and the run stops
             }
             produced += 1;
             slot.publish(produced);

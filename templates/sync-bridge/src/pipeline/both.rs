@@ -9,18 +9,17 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::task::JoinHandle;
+use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
+use super::DEPTH_SAMPLE_EVERY;
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
 use super::source::{self, BlockingSource, InputPath};
-use super::{DEPTH_SAMPLE_EVERY, StopOnPanic, join_thread, joined_with_panic};
 use crate::config::{Config, task_count};
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::Supervisor;
 
 /// Flags of this direction.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -61,15 +60,14 @@ pub fn max_in_flight(config: &Config) -> usize {
 }
 
 /// Runs the bridge until the sources are done and every item has reached the
-/// sink, or until `shutdown` is cancelled and both queues are drained.
+/// sink, or until `shutdown` is cancelled and both queues are drained (within
+/// `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
     let workers = config.topology.workers;
-    let workload = Arc::new(workload);
     // The sink is the one place where items finish, so it owns the only
     // worker slot; failures in the async stage travel to it as `None`.
-    let counters = Arc::new(Counters::new(config.producers, 1));
-    let stop = shutdown.child_token();
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, 1);
+    let workload = Arc::new(workload);
     let (items_tx, items_rx) = flume::bounded::<W::Item>(config.capacity);
     let (results_tx, results_rx) = flume::bounded::<Outcome<W::Output>>(config.capacity);
     tracing::info!(
@@ -80,36 +78,22 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
         items = config.items,
         "pipeline started"
     );
-    let mut failed_stages = 0;
 
     // The sink opens first: if it cannot, nothing is read at all.
-    let (sink_thread, is_open) = sink::spawn(&workload, results_rx, &counters, &stop);
-    let sink_opened = sink_thread.is_some() && is_open.await.is_ok();
-
-    let tracker = TaskTracker::new();
-    // Cancelled once the stages are finished: ends the helper tasks.
-    let done = CancellationToken::new();
-    let mut worker_tasks: Vec<JoinHandle<()>> = Vec::new();
-    let mut sources = Vec::new();
-    if sink_opened {
-        worker_tasks = (0..workers)
-            .map(|id| {
-                let worker = work(
-                    items_rx.clone(),
-                    results_tx.clone(),
-                    Arc::clone(&workload),
-                    Arc::clone(&counters),
-                    stop.clone(),
-                );
-                tracker.spawn(worker.instrument(tracing::info_span!("worker", id)))
-            })
-            .collect();
-        let control = source::Control {
-            stop: &stop,
-            done: &done,
-            tracker: &tracker,
-        };
-        sources = source::spawn(config, &workload, items_tx, &counters, &control);
+    let is_open = sink::spawn(&mut supervisor, &workload, results_rx);
+    if sink::opened(is_open, supervisor.stop_token()).await {
+        for id in 0..workers {
+            let worker = work(
+                items_rx.clone(),
+                results_tx.clone(),
+                Arc::clone(&workload),
+                Arc::clone(supervisor.counters()),
+            );
+            let span = tracing::info_span!("worker", id);
+            supervisor.spawn_task(format!("worker {id}"), span, worker);
+        }
+        // `items_tx` moves into `spawn`, which hands a clone to each thread.
+        source::spawn(&mut supervisor, config, &workload, items_tx);
     } else {
         drop(items_tx);
     }
@@ -117,47 +101,7 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     // its input once the stage before it is gone.
     drop(items_rx);
     drop(results_tx);
-
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    for thread in sources {
-        failed_stages += usize::from(match thread {
-            Some(thread) => join_thread(thread).await,
-            None => true,
-        });
-    }
-    for task in worker_tasks {
-        failed_stages += usize::from(joined_with_panic(task.await, "worker"));
-    }
-    failed_stages += usize::from(match sink_thread {
-        Some(thread) => join_thread(thread).await,
-        None => true,
-    });
-    done.cancel();
-    tracker.wait().await;
-
-    let report = Report::new(
-        super::TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        failed_stages,
-        shutdown.is_cancelled(),
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        "pipeline finished"
-    );
-    report
+    supervisor.finish().await
 }
 
 /// One async worker: `recv_async` from the sources, `process`, `send_async`
@@ -168,11 +112,14 @@ async fn work<W: Workload>(
     tx: flume::Sender<Outcome<W::Output>>,
     workload: Arc<W>,
     counters: Arc<Counters>,
-    stop: CancellationToken,
 ) {
-    let _stop_sources_if_panicking = StopOnPanic(stop.clone());
     let mut receives = 0u64;
-    while let Ok(item) = rx.recv_async().await {
+    // `cooperative` on both channel ends: while the sources keep one channel
+    // non-empty and the sink keeps the other from filling, both futures are
+    // ready on every poll and never yield by themselves; the coop budget
+    // makes the worker yield every 128 steps, so the signal listener and
+    // the timers still run.
+    while let Ok(item) = cooperative(rx.recv_async()).await {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
@@ -184,10 +131,10 @@ async fn work<W: Workload>(
                 None
             }
         };
-        if tx.send_async(outcome).await.is_err() {
-            // The sink is gone (it failed or panicked): stop reading, so the
-            // sources see their channel close too.
-            stop.cancel();
+        // Never raced against anything: a dropped send future drops its item.
+        if cooperative(tx.send_async(outcome)).await.is_err() {
+            // The sink is gone (it failed or panicked, which also stops the
+            // sources): stop reading, so the sources see their channel close.
             break;
         }
     }

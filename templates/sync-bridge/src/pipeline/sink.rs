@@ -8,8 +8,9 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{BlockingThread, DEPTH_SAMPLE_EVERY, spawn_thread};
-use crate::report::Counters;
+use super::{DEPTH_SAMPLE_EVERY, counted};
+use crate::counters::Counters;
+use crate::supervisor::Supervisor;
 
 /// The blocking half that takes results: a file writer, a blocking database
 /// driver. Every call runs on the pipeline's sink thread, never on the async
@@ -63,22 +64,35 @@ impl OutputPath {
 /// the async stage, so the sink alone counts every item's outcome.
 pub(super) type Outcome<T> = Option<T>;
 
-/// Starts the sink thread. The returned receiver says whether the sink
-/// opened; wait for it before starting the source side.
+/// Starts the sink thread. The returned receiver gets a message once the
+/// sink has opened, and is closed without one if it cannot open (or its
+/// thread cannot start); wait for it before starting the source side.
 pub(super) fn spawn<S: BlockingSink>(
+    supervisor: &mut Supervisor,
     sink: &Arc<S>,
     rx: flume::Receiver<Outcome<S::Output>>,
-    counters: &Arc<Counters>,
-    stop: &CancellationToken,
-) -> (Option<BlockingThread>, oneshot::Receiver<()>) {
+) -> oneshot::Receiver<()> {
     let (opened, is_open) = oneshot::channel();
     let sink = Arc::clone(sink);
-    let counters = Arc::clone(counters);
-    let thread = spawn_thread("sink".to_owned(), stop, move || {
+    let counters = Arc::clone(supervisor.counters());
+    let body = counted(move || {
         let _span = tracing::info_span!("sink").entered();
         drain(&*sink, &rx, &counters, opened)
     });
-    (thread, is_open)
+    supervisor.spawn_thread("sink".to_owned(), body);
+    is_open
+}
+
+/// Waits for the sink thread to open the sink. Returns `false` if it cannot,
+/// or if the run is stopped first (a shutdown request while a blocking
+/// `open` hangs): either way nothing should be produced, and the supervisor
+/// waits for the sink thread no longer than the drain deadline.
+pub(super) async fn opened(is_open: oneshot::Receiver<()>, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        opened = is_open => opened.is_ok(),
+        () = stop.cancelled() => false,
+    }
 }
 
 /// Opens the sink, then writes items until every sender is gone and the
@@ -108,6 +122,8 @@ fn drain<S: BlockingSink>(
             }
             None => failed += 1, // already logged by the async stage
         }
+        // After every item: if a later `write` panics, the report still
+        // knows exactly which items were written before it.
         slot.publish(handled, failed);
     }
     sink.finish(writer)

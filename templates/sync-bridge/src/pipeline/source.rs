@@ -4,14 +4,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use super::{BlockingThread, spawn_thread};
+use super::counted;
 use crate::config::Config;
-use crate::report::Counters;
+use crate::counters::Counters;
+use crate::supervisor::{StopFlag, Supervisor};
 
 /// The blocking half that makes items: a file or stdin reader, a blocking SDK.
 /// Every call runs on one of the pipeline's source threads, never on the
@@ -54,57 +51,30 @@ impl InputPath {
     }
 }
 
-/// What the source threads need from the async side of the run.
-pub(super) struct Control<'a> {
-    /// Cancelled to stop the sources.
-    pub stop: &'a CancellationToken,
-    /// Cancelled when the run is over; ends the task that watches `stop`.
-    pub done: &'a CancellationToken,
-    /// Tracks that watcher task.
-    pub tracker: &'a TaskTracker,
-}
-
 /// Starts the source threads. They own the only `Sender`s: `tx` is consumed
 /// here, so the async side sees the end of input once every thread is done.
 pub(super) fn spawn<S: BlockingSource>(
+    supervisor: &mut Supervisor,
     config: &Config,
     source: &Arc<S>,
     tx: flume::Sender<S::Item>,
-    counters: &Arc<Counters>,
-    control: &Control<'_>,
-) -> Vec<Option<BlockingThread>> {
-    let stopping = stop_flag(control);
-    let stop = control.stop;
-    (0..config.producers)
-        .map(|id| {
-            let thread = SourceThread {
-                id,
-                stride: config.producers as u64,
-                items: config.items,
-                source: Arc::clone(source),
-                tx: tx.clone(),
-                counters: Arc::clone(counters),
-                stopping: Arc::clone(&stopping),
-            };
-            spawn_thread(format!("source-{id}"), stop, move || thread.run())
-        })
-        .collect()
-}
-
-/// A flag that turns true once `stop` is cancelled. The threads look at it
-/// before every item: a relaxed load, where the token itself takes a lock
-/// that, paid per item, costs a third of the bridge's throughput.
-fn stop_flag(control: &Control<'_>) -> Arc<AtomicBool> {
-    let stopping = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stopping);
-    let (stop, done) = (control.stop.clone(), control.done.clone());
-    control.tracker.spawn(async move {
-        tokio::select! {
-            () = stop.cancelled() => flag.store(true, Relaxed),
-            () = done.cancelled() => {}
-        }
-    });
-    stopping
+) {
+    // One flag for all threads. They look at it before every item: a relaxed
+    // load, where the token itself takes a lock that, paid per item, costs
+    // a third of the bridge's throughput.
+    let stop = supervisor.stop_flag();
+    for id in 0..config.producers {
+        let thread = SourceThread {
+            id,
+            stride: config.producers as u64,
+            items: config.items,
+            source: Arc::clone(source),
+            tx: tx.clone(),
+            counters: Arc::clone(supervisor.counters()),
+            stop: Arc::clone(&stop),
+        };
+        supervisor.spawn_thread(format!("source-{id}"), counted(move || thread.run()));
+    }
 }
 
 /// One source thread and everything it needs.
@@ -115,7 +85,7 @@ struct SourceThread<S: BlockingSource> {
     source: Arc<S>,
     tx: flume::Sender<S::Item>,
     counters: Arc<Counters>,
-    stopping: Arc<AtomicBool>,
+    stop: Arc<StopFlag>,
 }
 
 impl<S: BlockingSource> SourceThread<S> {
@@ -124,8 +94,10 @@ impl<S: BlockingSource> SourceThread<S> {
     ///
     /// Cancellation is seen between items. A `read` that is blocked (stdin
     /// with no line yet) cannot be interrupted: the thread stops once it
-    /// returns. A blocked `send` always returns, because the async side
-    /// drains the channel until every sender is gone.
+    /// returns, and until then only `--drain-timeout` ends the run. A blocked
+    /// `send` always returns: the async side drains the channel until every
+    /// sender is gone, and if it is aborted at the drain deadline, its
+    /// receivers drop and `send` fails.
     fn run(self) -> anyhow::Result<()> {
         let _span = tracing::info_span!("source", id = self.id).entered();
         let slot = self.counters.producer(self.id);
@@ -134,7 +106,7 @@ impl<S: BlockingSource> SourceThread<S> {
         while self.items == 0 || seq < self.items {
             // Checked before every item, not every few: a slow source (stdin)
             // must stop at its next line, not dozens of lines later.
-            if self.stopping.load(Relaxed) {
+            if self.stop.is_set() {
                 break;
             }
             let Some(item) = self.source.read(seq)? else {

@@ -9,17 +9,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use tokio::task::JoinHandle;
+use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
+use super::DEPTH_SAMPLE_EVERY;
 use super::source::{self, BlockingSource, InputPath};
-use super::{DEPTH_SAMPLE_EVERY, StopOnPanic, join_thread, joined_with_panic};
 use crate::config::{Config, task_count};
-use crate::report::{self, Counters, Report};
+use crate::counters::Counters;
+use crate::report::Report;
+use crate::supervisor::Supervisor;
 
 /// Flags of this direction.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -50,15 +49,12 @@ pub fn max_in_flight(config: &Config) -> usize {
 }
 
 /// Runs the bridge until the source side is done and every queued item is
-/// handled, or until `shutdown` is cancelled and the queue is drained.
+/// handled, or until `shutdown` is cancelled and the queue is drained
+/// (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let started = Instant::now();
     let workers = config.topology.workers;
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, workers);
     let workload = Arc::new(workload);
-    let counters = Arc::new(Counters::new(config.producers, workers));
-    // A failing stage stops the sources through this child token without
-    // cancelling the caller's token.
-    let stop = shutdown.child_token();
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
         direction = super::DIRECTION,
@@ -69,69 +65,22 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
         "pipeline started"
     );
 
-    let tracker = TaskTracker::new();
-    // Cancelled once the stages are finished: ends the helper tasks.
-    let done = CancellationToken::new();
-    let worker_tasks: Vec<JoinHandle<()>> = (0..workers)
-        .map(|id| {
-            let worker = work(
-                id,
-                rx.clone(),
-                Arc::clone(&workload),
-                Arc::clone(&counters),
-                stop.clone(),
-            );
-            tracker.spawn(worker.instrument(tracing::info_span!("worker", id)))
-        })
-        .collect();
+    for id in 0..workers {
+        let worker = work(
+            id,
+            rx.clone(),
+            Arc::clone(&workload),
+            Arc::clone(supervisor.counters()),
+        );
+        let span = tracing::info_span!("worker", id);
+        supervisor.spawn_task(format!("worker {id}"), span, worker);
+    }
     // Only the workers may hold receivers: if they all die, the source
     // threads' `send` fails instead of blocking forever.
     drop(rx);
     // `tx` moves into `spawn`, which hands a clone to each thread.
-    let control = source::Control {
-        stop: &stop,
-        done: &done,
-        tracker: &tracker,
-    };
-    let sources = source::spawn(config, &workload, tx, &counters, &control);
-
-    if let Some(every) = config.progress_interval() {
-        tracker.spawn(report::log_progress(
-            Arc::clone(&counters),
-            every,
-            done.clone(),
-        ));
-    }
-    tracker.close();
-
-    let mut failed_stages = 0;
-    for thread in sources {
-        failed_stages += usize::from(match thread {
-            Some(thread) => join_thread(thread).await,
-            None => true,
-        });
-    }
-    for task in worker_tasks {
-        failed_stages += usize::from(joined_with_panic(task.await, "worker"));
-    }
-    done.cancel();
-    tracker.wait().await;
-
-    let report = Report::new(
-        super::TOPOLOGY,
-        counters.totals(),
-        counters.peak_queue_depth(),
-        started,
-        failed_stages,
-        shutdown.is_cancelled(),
-    );
-    tracing::info!(
-        produced = report.produced,
-        handled = report.handled,
-        failed = report.failed,
-        "pipeline finished"
-    );
-    report
+    source::spawn(&mut supervisor, config, &workload, tx);
+    supervisor.finish().await
 }
 
 /// One async worker: takes items with `recv_async` until every source thread
@@ -142,13 +91,15 @@ async fn work<W: Workload>(
     rx: flume::Receiver<W::Item>,
     workload: Arc<W>,
     counters: Arc<Counters>,
-    stop: CancellationToken,
 ) {
-    let _stop_sources_if_panicking = StopOnPanic(stop);
     let slot = counters.worker(id);
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut receives = 0u64;
-    while let Ok(item) = rx.recv_async().await {
+    // `cooperative`: while the source threads keep the channel non-empty,
+    // `recv_async` is ready on every poll and never yields by itself; the
+    // coop budget makes the worker yield every 128 items, so the signal
+    // listener and the timers still run.
+    while let Ok(item) = cooperative(rx.recv_async()).await {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
@@ -160,6 +111,8 @@ async fn work<W: Workload>(
                 tracing::warn!(error = format!("{error:#}"), "item failed");
             }
         }
+        // After every item: if a later item panics, the report still knows
+        // exactly what this worker finished.
         slot.publish(handled, failed);
     }
 }
