@@ -1,32 +1,38 @@
-//! The chassis (config, telemetry, shutdown, report, main) is one design
-//! carried by every template. These tests fail as soon as one copy drifts.
+//! The chassis (config, telemetry, shutdown, supervisor, report, test
+//! helpers, `.gitignore`, the name check, the generated workflow) has one
+//! source, `chassis/`, and a copy in every template. These tests fail as soon
+//! as a copy drifts from the source.
 
 use std::path::PathBuf;
 
-use conveyor_ci::checks::chassis_drift;
+use conveyor_ci::chassis::{self, SYNC_COMMAND};
 use conveyor_ci::matrix::Matrix;
 use conveyor_ci::repo_root;
 
-/// Every chassis file listed in `ci/matrix.toml` is byte-identical in every
-/// template. To change the chassis, change every copy in the same commit.
+/// Every template carries every chassis file exactly as `chassis/` has it.
+/// Edit the file in `chassis/`, then run the sync command.
 #[test]
-fn chassis_files_are_identical_across_templates() {
+fn every_template_carries_the_chassis_unchanged() {
     let matrix = Matrix::load(repo_root()).unwrap();
-    let templates: Vec<(String, PathBuf)> = matrix
+    let templates: Vec<PathBuf> = matrix
         .templates
         .iter()
-        .map(|t| (t.name.clone(), repo_root().join("templates").join(&t.name)))
+        .map(|t| repo_root().join("templates").join(&t.name))
         .collect();
-    for (name, dir) in &templates {
-        for file in &matrix.chassis {
-            assert!(
-                dir.join(file).is_file(),
-                "{name} has no chassis file {file}"
-            );
-        }
-    }
-    let drift = chassis_drift(&templates, &matrix.chassis);
-    assert!(drift.is_empty(), "chassis copies differ: {drift:#?}");
+    assert!(
+        chassis::files(repo_root()).unwrap().len() >= 8,
+        "the chassis source folder is missing or nearly empty"
+    );
+    let drift = chassis::drift(repo_root(), &templates).unwrap();
+    let listing: Vec<String> = drift
+        .iter()
+        .map(|d| format!("  templates/{}/{}", d.template, d.file.display()))
+        .collect();
+    assert!(
+        drift.is_empty(),
+        "these copies differ from chassis/ (edit chassis/, then run `{SYNC_COMMAND}`):\n{}",
+        listing.join("\n")
+    );
 }
 
 /// The top-level `cargo-generate.toml` offers exactly the templates the matrix tests.

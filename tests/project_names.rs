@@ -11,13 +11,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use conveyor_ci::matrix::Matrix;
-use conveyor_ci::{ScratchDir, repo_root, tools};
+use conveyor_ci::tools::CargoGenerate;
+use conveyor_ci::{repo_root, scratch_dir};
 
 /// Project names that sort before and after every crate the templates use.
 const NAMES: [&str; 2] = ["aaa-first-svc", "zzz-last-svc"];
 
-fn generate(template: &str, name: &str, values: &BTreeMap<String, String>, into: &Path) -> PathBuf {
-    let output = tools::generate_command(repo_root(), template, name, into, values)
+fn generate(
+    cargo_generate: &CargoGenerate,
+    template: &str,
+    name: &str,
+    values: &BTreeMap<String, String>,
+    into: &Path,
+) -> PathBuf {
+    let output = cargo_generate
+        .generate()
+        .template(&repo_root().join("templates").join(template))
+        .name(name)
+        .destination(into)
+        .values(values)
+        .command()
         .output()
         .expect("cargo generate runs");
     assert!(
@@ -33,7 +46,8 @@ fn generate(template: &str, name: &str, values: &BTreeMap<String, String>, into:
 #[test]
 fn generated_code_is_formatted_for_any_project_name() {
     let matrix = Matrix::load(repo_root()).unwrap();
-    let scratch = ScratchDir::new("names");
+    let cargo_generate = CargoGenerate::installed(&matrix.cargo_generate[0].version).unwrap();
+    let scratch = scratch_dir("names");
     let mut checked = 0;
     for template in &matrix.templates {
         let mut variants: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
@@ -48,7 +62,7 @@ fn generated_code_is_formatted_for_any_project_name() {
             for name in NAMES {
                 let into = scratch.path().join(format!("{}-{index}", template.name));
                 std::fs::create_dir_all(&into).unwrap();
-                let project = generate(&template.name, name, values, &into);
+                let project = generate(&cargo_generate, &template.name, name, values, &into);
                 let fmt = Command::new(env!("CARGO"))
                     .args(["fmt", "--check"])
                     .current_dir(&project)

@@ -1,4 +1,5 @@
-//! What the real `cargo generate` (0.23.14) does when it refuses input for
+//! What the real `cargo generate` (the oldest release the matrix tests,
+//! 0.23.14) does when it refuses input for
 //! `templates/mpsc-fan-in`: exit code, message, and what it leaves on disk.
 //!
 //! These tests pin observed behaviour, so a cargo-generate upgrade (or a change
@@ -20,9 +21,10 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use conveyor_ci::ScratchDir;
+use conveyor_ci::matrix::Matrix;
+use conveyor_ci::tools::{CargoGenerate, Generate};
+use conveyor_ci::{repo_root, scratch_dir};
 
 const EXISTING_TARGET: &str = "Target directory already exists, aborting!";
 const TEMPLATE: &str = "templates/mpsc-fan-in";
@@ -68,37 +70,37 @@ impl Run {
     }
 }
 
+/// The oldest release the matrix tests: the one whose behaviour the README
+/// documents.
+fn cargo_generate() -> CargoGenerate {
+    let matrix = Matrix::load(repo_root()).unwrap();
+    CargoGenerate::installed(&matrix.cargo_generate[0].version).unwrap()
+}
+
 /// Runs `cargo generate` for the mpsc-fan-in template into `destination`,
 /// passing the template directory itself as `--path`.
-/// `--name=` keeps an empty name, or one starting with `-`, a value.
 fn generate(destination: &Path, name: &str, extra_args: &[&str]) -> Run {
-    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join(TEMPLATE);
-    run_cargo_generate(&[template.as_os_str()], destination, name, extra_args)
+    let command = cargo_generate()
+        .generate()
+        .template(&repo_root().join(TEMPLATE));
+    run_in(command, destination, name, extra_args)
 }
 
 /// Like [`generate`], but in the sub-template form the README documents:
 /// `--path <repo root> templates/mpsc-fan-in`. Slow: copies the whole repository.
 fn generate_from_repo_root(destination: &Path, name: &str, extra_args: &[&str]) -> Run {
-    let root = OsStr::new(env!("CARGO_MANIFEST_DIR"));
-    run_cargo_generate(&[root, OsStr::new(TEMPLATE)], destination, name, extra_args)
+    let command = cargo_generate()
+        .generate()
+        .from_collection(repo_root(), TEMPLATE);
+    run_in(command, destination, name, extra_args)
 }
 
-fn run_cargo_generate(
-    path_args: &[&OsStr],
-    destination: &Path,
-    name: &str,
-    extra_args: &[&str],
-) -> Run {
-    let output = Command::new(env!("CARGO"))
-        .arg("generate")
-        .args(["--silent", "--vcs", "none", "--path"])
-        .args(path_args)
-        .arg("--destination")
-        .arg(destination)
-        .arg(format!("--name={name}"))
+fn run_in(command: Generate, destination: &Path, name: &str, extra_args: &[&str]) -> Run {
+    let output = command
+        .destination(destination)
+        .name(name)
         .args(extra_args)
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
+        .command()
         .current_dir(destination)
         .output()
         .expect("run `cargo generate`");
@@ -127,26 +129,24 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// Every file below `dir` whose name is `file_name`, at any depth.
 fn find_files_named(dir: &Path, file_name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.file_name() == Some(OsStr::new(file_name)) {
-                found.push(path);
-            }
-        }
-    }
-    found
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|entry| entry.expect("directory entry"))
+        .filter(|entry| entry.file_type().is_file() && entry.file_name() == OsStr::new(file_name))
+        .map(walkdir::DirEntry::into_path)
+        .collect()
 }
 
 /// The template's pre-hook refused the project name `checked` (the name after
 /// any kebab-case rewrite, as the hook sees it) for `reason`. Like a capacity
 /// refusal, it comes after the project directory was created, which stays
 /// behind empty.
-fn assert_refused_by_name_hook(run: &Run, scratch: &ScratchDir, checked: &str, reason: &str) {
+fn assert_refused_by_name_hook(
+    run: &Run,
+    scratch: &tempfile::TempDir,
+    checked: &str,
+    reason: &str,
+) {
     run.assert_exit(1);
     run.assert_stderr_contains(HOOK_FAILED);
     run.assert_stderr_contains(HOOK_SCRIPT);
@@ -163,7 +163,7 @@ fn assert_refused_by_name_hook(run: &Run, scratch: &ScratchDir, checked: &str, r
 /// plus `extra_args`, and expects the hook to refuse it for `reason`.
 fn assert_names_refused_by_hook(names: &[&str], reason: &str, extra_args: &[&str]) {
     for &name in names {
-        let scratch = ScratchDir::new("hook");
+        let scratch = scratch_dir("hook");
         let run = generate(
             scratch.path(),
             name,
@@ -180,7 +180,7 @@ fn assert_names_refused_by_hook(names: &[&str], reason: &str, extra_args: &[&str
 /// A capacity outside `^[1-9][0-9]{0,5}$` is refused only after the project
 /// directory was created, which stays behind empty.
 fn assert_capacity_refused_leaving_empty_project_dir(capacity: &str) {
-    let scratch = ScratchDir::new("capacity");
+    let scratch = scratch_dir("capacity");
     let run = generate(
         scratch.path(),
         "svc",
@@ -226,7 +226,7 @@ fn seven_digit_capacity_is_refused_leaving_empty_project_dir() {
 /// `--force` and `--overwrite` included, until the user removes it.
 #[test]
 fn leftover_project_dir_blocks_retry_until_removed() {
-    let scratch = ScratchDir::new("retry");
+    let scratch = scratch_dir("retry");
     let project = scratch.path().join("svc");
     generate(scratch.path(), "svc", &["-d", "capacity=0"]).assert_exit(1);
 
@@ -254,7 +254,7 @@ fn leftover_project_dir_blocks_retry_until_removed() {
 /// touching what is already there.
 #[test]
 fn existing_project_dir_is_refused_and_left_untouched() {
-    let scratch = ScratchDir::new("existing");
+    let scratch = scratch_dir("existing");
     let project = scratch.path().join("svc");
     fs::create_dir(&project).expect("create project dir");
     fs::write(project.join("KEEP.txt"), "mine").expect("write marker");
@@ -277,7 +277,7 @@ fn existing_project_dir_is_refused_and_left_untouched() {
 #[test]
 fn names_that_reduce_to_nothing_are_refused_as_existing_target() {
     for name in ["", ".", "..", "_", "-"] {
-        let scratch = ScratchDir::new("empty-name");
+        let scratch = scratch_dir("empty-name");
         let run = generate(scratch.path(), name, &["-d", "capacity=1"]);
         run.assert_exit(1);
         run.assert_stderr_contains(EXISTING_TARGET);
@@ -296,7 +296,7 @@ fn names_that_reduce_to_nothing_are_refused_as_existing_target() {
 /// with a bare I/O error that names neither the name nor a path. Nothing is created.
 #[test]
 fn slash_in_forced_name_is_refused_with_io_error() {
-    let scratch = ScratchDir::new("forced-slash");
+    let scratch = scratch_dir("forced-slash");
     let run = generate(scratch.path(), "a/b", &["--force", "-d", "capacity=1"]);
     run.assert_exit(1);
     run.assert_stderr_contains("Error: No such file or directory (os error 2)");
@@ -314,7 +314,7 @@ fn unconventional_names_are_rewritten_to_kebab_case() {
         ("MySvc", "my-svc"),
         ("svc-", "svc"),
     ] {
-        let scratch = ScratchDir::new("kebab");
+        let scratch = scratch_dir("kebab");
         let run = generate(scratch.path(), given, &["-d", "capacity=1"]);
         run.assert_exit(0);
         run.assert_stdout_contains(&format!(
@@ -373,7 +373,7 @@ fn hook_checks_the_name_after_kebab_case_rewrite() {
         ("_1svc", "1svc", STARTS_WITH_DIGIT),
         ("Self", "self", KEYWORD_OR_BUILTIN),
     ] {
-        let scratch = ScratchDir::new("hook-rewrite");
+        let scratch = scratch_dir("hook-rewrite");
         let run = generate(scratch.path(), given, &["-d", "capacity=1"]);
         run.assert_stdout_contains(&format!(
             "Renaming project called `{given}` to `{rewritten}`"
@@ -386,7 +386,7 @@ fn hook_checks_the_name_after_kebab_case_rewrite() {
 /// re-running with the refused name reports the leftover, not the name.
 #[test]
 fn name_refusal_leftover_stays_until_removed() {
-    let scratch = ScratchDir::new("hook-retry");
+    let scratch = scratch_dir("hook-retry");
     let leftover = scratch.path().join("1svc");
     generate(scratch.path(), "1svc", &["-d", "capacity=1"]).assert_exit(1);
 
@@ -409,7 +409,7 @@ fn name_refusal_leftover_stays_until_removed() {
 /// both the capacity and the name are invalid, only the capacity is reported.
 #[test]
 fn invalid_capacity_is_reported_before_invalid_name() {
-    let scratch = ScratchDir::new("capacity-and-name");
+    let scratch = scratch_dir("capacity-and-name");
     let run = generate(scratch.path(), "1svc", &["-d", "capacity=0"]);
     run.assert_exit(1);
     run.assert_stderr_contains("Sorry, \"0\" is not a valid value for capacity");
@@ -428,7 +428,7 @@ fn invalid_capacity_is_reported_before_invalid_name() {
 /// guards that the template's pre-hook script is not copied into the project.
 #[test]
 fn capacity_one_generates_project_from_repo_root() {
-    let scratch = ScratchDir::new("valid");
+    let scratch = scratch_dir("valid");
     let run = generate_from_repo_root(scratch.path(), "svc", &["-d", "capacity=1"]);
     run.assert_exit(0);
     run.assert_stdout_contains("Done! New project created");

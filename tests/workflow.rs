@@ -50,16 +50,37 @@ fn runs_the_collection_tests() {
     assert!(workflow().contains("cargo test --locked"));
 }
 
-/// The workflow installs the cargo-generate release the matrix is pinned to.
+/// The workflow installs the oldest and the newest cargo-generate release
+/// the matrix tests.
 #[test]
-fn installs_the_pinned_cargo_generate() {
+fn installs_the_oldest_and_newest_tested_cargo_generate() {
     let matrix = conveyor_ci::matrix::Matrix::load(repo_root()).unwrap();
-    let pin = format!(
-        "CARGO_GENERATE_VERSION: \"{}\"",
-        matrix.cargo_generate_version
+    let releases = &matrix.cargo_generate;
+    let workflow = workflow();
+    for (name, release) in [
+        ("CARGO_GENERATE_OLDEST", releases.first()),
+        ("CARGO_GENERATE_NEWEST", releases.last()),
+    ] {
+        let pin = format!("{name}: \"{}\"", release.unwrap().version);
+        assert!(workflow.contains(&pin), "expected `{pin}` in the workflow");
+    }
+    assert_eq!(
+        releases.len(),
+        2,
+        "the workflow installs exactly two releases"
     );
+}
+
+/// Pull requests test the covering set; the weekly and manual runs the full
+/// product.
+#[test]
+fn the_full_product_runs_weekly_and_on_demand() {
+    let workflow = workflow();
+    assert!(workflow.contains("workflow_dispatch:"));
     assert!(
-        workflow().contains(&pin),
-        "expected `{pin}` in the workflow"
+        workflow.contains(
+            "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'"
+        ) && workflow.contains("--full"),
+        "the scheduled and manual runs must pass --full"
     );
 }

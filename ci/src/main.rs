@@ -7,7 +7,8 @@ use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 use conveyor_ci::matrix::{Combination, Matrix, Selection};
 use conveyor_ci::runner::{Runner, Verdict};
-use conveyor_ci::{default_work_dir, repo_root, tools};
+use conveyor_ci::tools::CargoGenerate;
+use conveyor_ci::{chassis, default_work_dir, repo_root};
 
 /// Generates every combination of the Conveyor templates and tests each one.
 #[derive(Parser)]
@@ -19,9 +20,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Everything CI runs: install cargo-generate if needed, the collection's
-    /// own tests, then the full matrix.
-    Test(WorkDir),
+    /// Everything CI runs: install the cargo-generate releases if needed, the
+    /// collection's own tests, then the matrix's covering set.
+    Test {
+        /// The full product of every template's axes instead of the covering set.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        work_dir: WorkDir,
+    },
     /// Runs the matrix, or a part of it.
     Matrix {
         #[command(flatten)]
@@ -53,12 +60,19 @@ enum Task {
         #[arg(last = true)]
         service_args: Vec<String>,
     },
-    /// Installs the pinned cargo-generate if it is missing.
+    /// Installs every cargo-generate release the matrix tests that is missing.
     InstallTools,
+    /// Copies the chassis (`chassis/`) into every template.
+    SyncChassis,
 }
 
 #[derive(Args)]
 struct SelectionArgs {
+    /// The full product of the axes instead of the covering set (every value
+    /// of every axis and every pair of values of two axes, plus the defaults
+    /// and the extra combinations).
+    #[arg(long)]
+    full: bool,
     /// Only this template.
     #[arg(long)]
     template: Option<String>,
@@ -102,8 +116,11 @@ fn run(task: Task) -> Result<bool> {
             }
             Ok(true)
         }
-        Task::InstallTools => {
-            tools::ensure_cargo_generate(&matrix.cargo_generate_version).map(|()| true)
+        Task::InstallTools => install_tools(&matrix).map(|_| true),
+        Task::SyncChassis => {
+            let changed = chassis::sync(repo_root(), &template_dirs(&matrix))?;
+            println!("{changed} chassis copies updated");
+            Ok(true)
         }
         Task::Matrix {
             selection,
@@ -111,11 +128,17 @@ fn run(task: Task) -> Result<bool> {
             fail_fast,
             work_dir,
         } => {
-            tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+            let releases = install_tools(&matrix)?;
             let combinations = matrix.combinations(&selection.into_selection(only))?;
-            run_matrix(&matrix, &combinations, &work_dir.work_dir, fail_fast)
+            run_matrix(
+                &matrix,
+                &combinations,
+                &work_dir.work_dir,
+                fail_fast,
+                releases,
+            )
         }
-        Task::Test(work_dir) => test_everything(&matrix, &work_dir.work_dir),
+        Task::Test { full, work_dir } => test_everything(&matrix, full, &work_dir.work_dir),
         Task::Try {
             template,
             work_dir,
@@ -124,9 +147,27 @@ fn run(task: Task) -> Result<bool> {
     }
 }
 
-/// The collection's own tests, then the full matrix.
-fn test_everything(matrix: &Matrix, work_dir: &Path) -> Result<bool> {
-    tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
+/// Every release in `ci/matrix.toml`, installed where missing.
+fn install_tools(matrix: &Matrix) -> Result<Vec<CargoGenerate>> {
+    matrix
+        .cargo_generate
+        .iter()
+        .map(CargoGenerate::ensure)
+        .collect()
+}
+
+/// The folder of every template in the matrix.
+fn template_dirs(matrix: &Matrix) -> Vec<PathBuf> {
+    matrix
+        .templates
+        .iter()
+        .map(|t| repo_root().join("templates").join(&t.name))
+        .collect()
+}
+
+/// The collection's own tests, then the matrix.
+fn test_everything(matrix: &Matrix, full: bool, work_dir: &Path) -> Result<bool> {
+    let releases = install_tools(matrix)?;
     println!("== the collection's own tests (cargo test)");
     let status = Command::new("cargo")
         .args(["test", "--locked"])
@@ -134,8 +175,11 @@ fn test_everything(matrix: &Matrix, work_dir: &Path) -> Result<bool> {
         .status()?;
     ensure!(status.success(), "the collection's own tests failed");
     println!("== the matrix");
-    let combinations = matrix.combinations(&Selection::default())?;
-    run_matrix(matrix, &combinations, work_dir, false)
+    let combinations = matrix.combinations(&Selection {
+        full,
+        ..Selection::default()
+    })?;
+    run_matrix(matrix, &combinations, work_dir, false, releases)
 }
 
 /// Generates `template` with its defaults outside the repository, then builds
@@ -146,14 +190,16 @@ fn try_template(
     work_dir: &Path,
     service_args: &[String],
 ) -> Result<bool> {
-    tools::ensure_cargo_generate(&matrix.cargo_generate_version)?;
-    let runner = Runner::new(matrix, repo_root(), work_dir, true)?;
+    // The oldest release installs fastest on a fresh machine; every release
+    // the matrix tests generates the same project.
+    let release = CargoGenerate::ensure(&matrix.cargo_generate[0])?;
+    let runner = Runner::new(matrix, repo_root(), work_dir, true, vec![release.clone()])?;
     let combination = matrix.template(template)?.defaults();
     let log = work_dir
         .join("logs")
         .join(format!("try-{template}-generate.log"));
     let project = runner
-        .generate(&combination, &work_dir.join("try"), &log)
+        .generate(&release, &combination, &work_dir.join("try"), &log)
         .with_context(|| format!("see {}", log.display()))?;
     println!(
         "generated {} with the template defaults; running it:",
@@ -178,8 +224,10 @@ fn run_matrix(
     combinations: &[Combination],
     work_dir: &Path,
     fail_fast: bool,
+    releases: Vec<CargoGenerate>,
 ) -> Result<bool> {
-    let outcomes = Runner::new(matrix, repo_root(), work_dir, fail_fast)?.run(combinations)?;
+    let runner = Runner::new(matrix, repo_root(), work_dir, fail_fast, releases)?;
+    let outcomes = runner.run(combinations)?;
     Ok(outcomes
         .iter()
         .all(|o| !matches!(o.verdict, Verdict::Failed { .. })))
@@ -188,6 +236,7 @@ fn run_matrix(
 impl SelectionArgs {
     fn into_selection(self, only: Vec<String>) -> Selection {
         Selection {
+            full: self.full,
             template: self.template,
             defaults_only: self.defaults_only,
             only,

@@ -1,20 +1,21 @@
 //! The matrix's source of truth (`ci/matrix.toml`) and its expansion into
 //! combinations, checked against the templates' own placeholders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 
+use crate::tools::Release;
+
 /// `ci/matrix.toml`, plus the placeholders each template declares.
 #[derive(Debug, Clone)]
 pub struct Matrix {
-    /// The cargo-generate release everything is tested with.
-    pub cargo_generate_version: String,
-    /// Files that every template must carry byte for byte.
-    pub chassis: Vec<String>,
+    /// The cargo-generate releases every combination is generated with,
+    /// oldest first.
+    pub cargo_generate: Vec<Release>,
     /// The templates, in file order.
     pub templates: Vec<Template>,
 }
@@ -58,6 +59,8 @@ pub struct Combination {
 /// Which part of the matrix to run.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
+    /// The full product of the axes instead of the covering set.
+    pub full: bool,
     /// Only this template.
     pub template: Option<String>,
     /// Only the combination of all defaults, per template.
@@ -69,8 +72,7 @@ pub struct Selection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MatrixFile {
-    cargo_generate_version: String,
-    chassis: Vec<String>,
+    cargo_generate: Vec<Release>,
     template: Vec<TemplateEntry>,
 }
 
@@ -117,8 +119,7 @@ impl Matrix {
             })
             .collect::<Result<Vec<_>>>()?;
         let matrix = Self {
-            cargo_generate_version: file.cargo_generate_version,
-            chassis: file.chassis,
+            cargo_generate: file.cargo_generate,
             templates,
         };
         matrix.validate()?;
@@ -128,6 +129,10 @@ impl Matrix {
     /// Checks that the matrix exercises every value of every placeholder and
     /// names nothing the templates do not have.
     pub fn validate(&self) -> Result<()> {
+        ensure!(
+            !self.cargo_generate.is_empty(),
+            "ci/matrix.toml names no cargo-generate release"
+        );
         for template in &self.templates {
             let name = &template.name;
             for (axis, values) in &template.axes {
@@ -149,16 +154,26 @@ impl Matrix {
                     }
                 }
             }
-            for placeholder in template.placeholders.keys() {
-                let covered = template.axes.contains_key(placeholder)
-                    || template
-                        .extra
-                        .iter()
-                        .any(|extra| extra.contains_key(placeholder));
+            for (placeholder, spec) in &template.placeholders {
+                if template.axes.contains_key(placeholder) {
+                    continue;
+                }
+                let in_extras: Vec<&String> = template
+                    .extra
+                    .iter()
+                    .filter_map(|extra| extra.get(placeholder))
+                    .collect();
                 ensure!(
-                    covered,
+                    !in_extras.is_empty(),
                     "{name}: placeholder `{placeholder}` is in no axis and no extra combination"
                 );
+                for choice in spec.choices.iter().flatten() {
+                    ensure!(
+                        choice == &spec.default || in_extras.contains(&choice),
+                        "{name}: value `{choice}` of `{placeholder}` is never tested; \
+                         add an extra combination or an axis"
+                    );
+                }
             }
             for partial in template.exclude.iter().chain(&template.extra) {
                 for key in partial.keys() {
@@ -194,8 +209,10 @@ impl Matrix {
             }
             if selection.defaults_only {
                 all.push(template.defaults());
-            } else {
+            } else if selection.full {
                 all.extend(template.combinations());
+            } else {
+                all.extend(template.covering_set());
             }
         }
         if !selection.only.is_empty() {
@@ -222,6 +239,66 @@ impl Matrix {
 impl Template {
     /// The product of the axes, minus exclusions, plus the extras.
     pub fn combinations(&self) -> Vec<Combination> {
+        self.product()
+            .into_iter()
+            .chain(self.extra.iter().cloned())
+            .map(|values| self.combination(values))
+            .collect()
+    }
+
+    /// A small set that still covers every value of every axis and every
+    /// pair of values of any two axes (as far as the exclusions allow), plus
+    /// the defaults and the extras. A bug that needs two options to meet
+    /// shows up here as surely as in the full product, at a fraction of the
+    /// builds; three-way interactions are left to the full product.
+    ///
+    /// Greedy: start from the defaults, then keep adding the combination of
+    /// the product that covers the most pairs not yet covered (the first
+    /// such in product order, so the set is stable).
+    pub fn covering_set(&self) -> Vec<Combination> {
+        let product = self.product();
+        let mut uncovered: BTreeSet<Requirement> = product.iter().flat_map(requirements).collect();
+        let defaults = self.defaults().values;
+        let mut chosen = Vec::new();
+        if product.contains(&defaults) {
+            for requirement in requirements(&defaults) {
+                uncovered.remove(&requirement);
+            }
+            chosen.push(defaults);
+        }
+        while !uncovered.is_empty() {
+            let mut best: Option<(&BTreeMap<String, String>, usize)> = None;
+            for candidate in &product {
+                let gain = requirements(candidate)
+                    .iter()
+                    .filter(|r| uncovered.contains(*r))
+                    .count();
+                if gain > best.map_or(0, |(_, most)| most) {
+                    best = Some((candidate, gain));
+                }
+            }
+            let Some((next, _)) = best else { break };
+            for requirement in requirements(next) {
+                uncovered.remove(&requirement);
+            }
+            chosen.push(next.clone());
+        }
+        chosen
+            .into_iter()
+            .chain(self.extra.iter().cloned())
+            .map(|values| self.combination(values))
+            .collect()
+    }
+
+    fn combination(&self, values: BTreeMap<String, String>) -> Combination {
+        Combination {
+            template: self.name.clone(),
+            values,
+        }
+    }
+
+    /// The product of the axes, minus the exclusions.
+    fn product(&self) -> Vec<BTreeMap<String, String>> {
         let mut product = vec![BTreeMap::new()];
         for (axis, values) in &self.axes {
             product = product
@@ -242,13 +319,6 @@ impl Template {
                 .any(|excluded| matches_partial(values, excluded))
         });
         product
-            .into_iter()
-            .chain(self.extra.iter().cloned())
-            .map(|values| Combination {
-                template: self.name.clone(),
-                values,
-            })
-            .collect()
     }
 
     /// The combination that sets every axis to its template default.
@@ -286,6 +356,22 @@ impl fmt::Display for Combination {
             .collect();
         write!(f, "{}:{}", self.template, values.join(","))
     }
+}
+
+/// One value of one axis, or one pair of values of two axes, that the
+/// covering set must contain somewhere.
+type Requirement = Vec<(String, String)>;
+
+/// Every single value and every pair of values `values` covers.
+fn requirements(values: &BTreeMap<String, String>) -> Vec<Requirement> {
+    let entries: Vec<(String, String)> = values.clone().into_iter().collect();
+    let mut all: Vec<Requirement> = entries.iter().map(|entry| vec![entry.clone()]).collect();
+    for (i, first) in entries.iter().enumerate() {
+        for second in &entries[i + 1..] {
+            all.push(vec![first.clone(), second.clone()]);
+        }
+    }
+    all
 }
 
 fn matches_partial(values: &BTreeMap<String, String>, partial: &BTreeMap<String, String>) -> bool {
@@ -372,10 +458,55 @@ mod tests {
 
     fn matrix(template: Template) -> Matrix {
         Matrix {
-            cargo_generate_version: "0".into(),
-            chassis: vec![],
+            cargo_generate: vec![Release {
+                version: "0".into(),
+                install: crate::tools::InstallMethod::Locked,
+            }],
             templates: vec![template],
         }
+    }
+
+    /// Every pair of values of two axes that some allowed combination has.
+    fn pairs(combinations: &[Combination]) -> BTreeSet<Requirement> {
+        combinations
+            .iter()
+            .flat_map(|c| requirements(&c.values))
+            .filter(|r| r.len() == 2)
+            .collect()
+    }
+
+    #[test]
+    fn the_covering_set_has_every_pair_the_product_has_and_fewer_combinations() {
+        let mut t = template();
+        t.axes.insert("c".into(), vec!["p".into(), "q".into()]);
+        t.axes.insert("d".into(), vec!["u".into(), "v".into()]);
+        for (name, choices) in [("c", ["p", "q"]), ("d", ["u", "v"])] {
+            t.placeholders.insert(
+                name.into(),
+                Placeholder {
+                    default: choices[0].into(),
+                    choices: Some(choices.iter().map(|c| c.to_string()).collect()),
+                },
+            );
+        }
+        let full = t.combinations();
+        let covering = t.covering_set();
+        assert_eq!(pairs(&covering), pairs(&full));
+        assert!(
+            covering.len() < full.len(),
+            "{} of {}",
+            covering.len(),
+            full.len()
+        );
+        assert_eq!(covering[0], t.defaults(), "the defaults come first");
+        assert!(covering.contains(&t.combination(t.extra[0].clone())));
+        let excluded = BTreeMap::from([("a".into(), "2".into()), ("b".into(), "z".into())]);
+        assert!(
+            covering
+                .iter()
+                .all(|c| !matches_partial(&c.values, &excluded)),
+            "no excluded combination"
+        );
     }
 
     #[test]
@@ -420,6 +551,28 @@ mod tests {
         t.extra.clear();
         let error = matrix(t).validate().unwrap_err().to_string();
         assert!(error.contains("placeholder `n`"), "{error}");
+    }
+
+    #[test]
+    fn a_choice_left_out_of_the_extras_is_refused() {
+        let mut t = template();
+        t.placeholders.insert(
+            "license".into(),
+            Placeholder {
+                default: "MIT".into(),
+                choices: Some(vec!["MIT".into(), "proprietary".into()]),
+            },
+        );
+        t.extra
+            .push(BTreeMap::from([("license".into(), "MIT".into())]));
+        let error = matrix(t.clone()).validate().unwrap_err().to_string();
+        assert!(
+            error.contains("value `proprietary` of `license`"),
+            "{error}"
+        );
+        t.extra
+            .push(BTreeMap::from([("license".into(), "proprietary".into())]));
+        matrix(t).validate().unwrap();
     }
 
     #[test]

@@ -10,9 +10,11 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use wait_timeout::ChildExt;
 
+use crate::checks;
 use crate::matrix::{Combination, Matrix};
-use crate::{checks, tools};
+use crate::tools::CargoGenerate;
 
 /// No single step of a combination may take longer than this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -20,8 +22,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// What the matrix does to each combination, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// `cargo generate` with the combination's values.
+    /// `cargo generate` with the combination's values, once per release.
     Generate,
+    /// The trees of the releases are compared; differing ones are all built.
+    Compare,
     /// No Liquid left over; the workflow present exactly when asked for.
     Render,
     /// `cargo fmt --check`.
@@ -40,6 +44,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Step::Generate => "generate",
+            Step::Compare => "compare",
             Step::Render => "render",
             Step::Fmt => "fmt",
             Step::Clippy => "clippy",
@@ -89,12 +94,21 @@ pub struct Runner<'a> {
     repo: PathBuf,
     work_dir: PathBuf,
     fail_fast: bool,
+    releases: Vec<CargoGenerate>,
 }
 
 impl<'a> Runner<'a> {
     /// A runner that generates into `work_dir`, which must lie outside `repo`:
     /// cargo would otherwise adopt the projects into the repository's workspace.
-    pub fn new(matrix: &'a Matrix, repo: &Path, work_dir: &Path, fail_fast: bool) -> Result<Self> {
+    /// Every combination is generated with each of `releases`.
+    pub fn new(
+        matrix: &'a Matrix,
+        repo: &Path,
+        work_dir: &Path,
+        fail_fast: bool,
+        releases: Vec<CargoGenerate>,
+    ) -> Result<Self> {
+        ensure!(!releases.is_empty(), "no cargo-generate release to run");
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("creating {}", work_dir.display()))?;
         let work_dir = work_dir.canonicalize()?;
@@ -109,6 +123,7 @@ impl<'a> Runner<'a> {
             repo,
             work_dir,
             fail_fast,
+            releases,
         })
     }
 
@@ -118,9 +133,11 @@ impl<'a> Runner<'a> {
         self.work_dir.join("target")
     }
 
-    /// Generates `combination` into `parent` and returns the project directory.
+    /// Generates `combination` with `release` into `parent` and returns the
+    /// project directory.
     pub fn generate(
         &self,
+        release: &CargoGenerate,
         combination: &Combination,
         parent: &Path,
         log: &Path,
@@ -131,15 +148,20 @@ impl<'a> Runner<'a> {
                 .with_context(|| format!("removing {}", project.display()))?;
         }
         std::fs::create_dir_all(parent)?;
-        let command = tools::generate_command(
-            &self.repo,
-            &combination.template,
-            &combination.template,
-            parent,
-            &combination.values,
-        );
+        let command = release
+            .generate()
+            .template(&self.repo.join("templates").join(&combination.template))
+            .name(&combination.template)
+            .destination(parent)
+            .values(&combination.values)
+            .command();
         let status = run_logged(command, log)?;
-        ensure!(status.success(), "cargo generate exited with {status}");
+        ensure!(
+            status.success(),
+            "cargo-generate {} exited with {status}; see {}",
+            release.version(),
+            log.display()
+        );
         Ok(project)
     }
 
@@ -198,11 +220,48 @@ impl<'a> Runner<'a> {
             .matrix
             .template(&combination.template)
             .map_err(|e| failed(Step::Generate, e, logs))?;
-        let parent = self.work_dir.join("projects");
-        let project = timed(Step::Generate, logs, || {
-            self.generate(combination, &parent, &logs.join("generate.log"))
+        let trees = timed(Step::Generate, logs, || {
+            self.releases
+                .iter()
+                .map(|release| {
+                    let version = release.version();
+                    let parent = self
+                        .work_dir
+                        .join("projects")
+                        .join(format!("cargo-generate-{version}"));
+                    let log = logs.join(format!("generate-{version}.log"));
+                    let project = self.generate(release, combination, &parent, &log)?;
+                    Ok((version.to_owned(), project))
+                })
+                .collect::<Result<Vec<_>>>()
         })?;
+        let variants = timed(Step::Compare, logs, || {
+            compare(&trees, &logs.join("compare.log"))
+        })?;
+        let mut verdict = Verdict::Passed;
+        for (index, (version, project)) in variants.iter().enumerate() {
+            // The first tree's logs sit in the combination's folder; a
+            // differing tree of a later release gets a folder of its own.
+            let logs = if index == 0 {
+                logs.to_path_buf()
+            } else {
+                logs.join(format!("cargo-generate-{version}"))
+            };
+            verdict = self.check_tree(combination, template, project, &logs, builds)?;
+        }
+        Ok(verdict)
+    }
 
+    /// Every step after generation, for one generated tree.
+    fn check_tree(
+        &self,
+        combination: &Combination,
+        template: &crate::matrix::Template,
+        project: &Path,
+        logs: &Path,
+        builds: &mut HashMap<u64, String>,
+    ) -> std::result::Result<Verdict, Verdict> {
+        let project = project.to_path_buf();
         timed(Step::Render, logs, || {
             let leftovers = checks::leftover_liquid(&project)?;
             ensure!(
@@ -310,6 +369,33 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// Compares the trees the releases generated (version, project folder) and
+/// returns those to build: the first, plus every one that differs from it.
+/// The differences are written to `log` and announced.
+fn compare(trees: &[(String, PathBuf)], log: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let (first_version, first) = &trees[0];
+    let mut report = String::new();
+    let mut variants = vec![trees[0].clone()];
+    for (version, tree) in &trees[1..] {
+        let differences = checks::tree_differences(first, tree)?;
+        if differences.is_empty() {
+            report.push_str(&format!("{version}: identical to {first_version}\n"));
+        } else {
+            println!(
+                "         cargo-generate {version} generates a different tree than {first_version}: both are built (see {})",
+                log.display()
+            );
+            report.push_str(&format!("{version}: differs from {first_version}:\n"));
+            for difference in differences {
+                report.push_str(&format!("  {difference}\n"));
+            }
+            variants.push((version.clone(), tree.clone()));
+        }
+    }
+    std::fs::write(log, report)?;
+    Ok(variants)
+}
+
 /// Runs `step`, prints its progress line, and turns an error into a failed verdict.
 fn timed<T>(
     step: Step,
@@ -361,20 +447,34 @@ fn run_logged(mut command: Command, log: &Path) -> Result<ExitStatus> {
     Ok(wait_with_timeout(child, STEP_TIMEOUT)?.status)
 }
 
+/// Waits for `child`, killing it after `timeout`. Its stdout, if piped, is
+/// read on a thread meanwhile, so a chatty child never blocks on a full pipe.
 fn wait_with_timeout(
     mut child: std::process::Child,
     timeout: Duration,
 ) -> Result<std::process::Output> {
-    let started = Instant::now();
-    while child.try_wait()?.is_none() {
-        if started.elapsed() > timeout {
-            child.kill().ok();
-            child.wait().ok();
-            bail!("timed out after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child.wait_with_output()?)
+    let stdout = child.stdout.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut pipe, &mut bytes).map(|_| bytes)
+        })
+    });
+    let Some(status) = child.wait_timeout(timeout)? else {
+        child.kill().ok();
+        child.wait().ok();
+        bail!("timed out after {timeout:?}");
+    };
+    let stdout = match stdout {
+        Some(reader) => reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??,
+        None => Vec::new(),
+    };
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    })
 }
 
 /// A file-system-safe form of a combination id.

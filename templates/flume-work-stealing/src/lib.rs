@@ -7,10 +7,12 @@
 //! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
 //! - [`workers`]: how one worker runs, as an async task or an OS thread,
 //!   whichever kind this project was generated with.
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
-//!   [`report`]: the service chassis, the same in every Conveyor template.
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
+//!   [`counters`], [`report`]: the service chassis, the same in every
+//!   Conveyor template.
 
 pub mod config;
+pub mod coop;
 pub mod counters;
 pub mod pipeline;
 pub mod report;

@@ -25,10 +25,10 @@
 use std::sync::Arc;
 
 use flume::TrySendError;
-use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::coop::Pacer;
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -129,6 +129,7 @@ impl<W: Workload> Producer<W> {
     /// is reached, the run is cancelled or every worker is gone.
     async fn run(self) {
         let slot = self.counters.producer(self.id);
+        let mut pacer = Pacer::default();
         let mut produced = 0u64;
         let mut seq = self.id as u64;
         while self.items == 0 || seq < self.items {
@@ -144,39 +145,30 @@ impl<W: Workload> Producer<W> {
             // delivers it without telling us. Both break the accounting. The
             // wait ends as soon as a worker frees a slot, which workers keep
             // doing until the channel is empty, so it cannot hang a shutdown.
-            //
-            // flume's futures know nothing of tokio's cooperative budget, and
-            // on a multi-thread runtime a slot can free up between `try_send`
-            // and the first poll of `send_async`, which then never waits.
-            // `cooperative` charges the budget for the send, so a producer
-            // whose channel is always just full still yields now and then.
             let waited = match self.tx.try_send(item) {
                 Ok(()) => false,
-                Err(TrySendError::Full(item)) => {
-                    match cooperative(self.tx.send_async(item)).await {
-                        Ok(()) => true,
-                        Err(_every_worker_gone) => break,
-                    }
-                }
+                Err(TrySendError::Full(item)) => match self.tx.send_async(item).await {
+                    Ok(()) => true,
+                    Err(_every_worker_gone) => break,
+                },
                 Err(TrySendError::Disconnected(_)) => break,
             };
             produced += 1;
             slot.publish(produced);
             seq += self.stride;
-            if waited {
-                // Having waited anyway, look at cancellation right away, so a
-                // cancelled producer sends at most the one item it held.
-                if self.stop.is_cancelled() {
-                    break;
-                }
-            } else {
-                // `try_send` never yields, and on a channel with room it
-                // always succeeds. Without this, a producer would keep its
-                // runtime thread until its quota is done, starving the signal
-                // listener, the timers and every other task there. It yields
-                // once per coop budget (128 items), which costs next to nothing.
-                tokio::task::consume_budget().await;
+            // Having waited anyway, look at cancellation right away, so a
+            // cancelled producer sends at most the one item it held.
+            if waited && self.stop.is_cancelled() {
+                break;
             }
+            // flume takes no part in tokio's cooperative budget: `try_send`
+            // succeeds without ever yielding while the channel has room, and
+            // `send_async` need not wait either when a worker frees a slot
+            // just in time. A producer would then keep its runtime thread for
+            // the whole run, starving the signal listener, the timers and
+            // every other task there. The pacer makes it yield now and then,
+            // on either path.
+            pacer.step().await;
         }
         tracing::debug!(produced, "producer finished");
     }

@@ -11,8 +11,7 @@
 
 use std::future::Future;
 
-use tokio::task::coop::cooperative;
-
+use crate::coop::Pacer;
 use crate::pipeline::Worker;
 use crate::supervisor::Supervisor;
 
@@ -52,15 +51,16 @@ pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor)
 /// Shutdown closes the channel instead (the producers stop and drop their
 /// senders), and `recv_async` returns `Err` once the queue is drained.
 async fn work<W: Workload>(mut worker: Worker<W>) {
-    // flume's futures know nothing of tokio's cooperative budget: with items
-    // always waiting and a handler that finishes without waiting on anything,
-    // this loop would never yield its runtime thread, starving the signal
-    // listener and the timers. `cooperative` charges the budget once per
-    // item and yields when it runs out; the receive it wraps is awaited to
-    // the end, never dropped half-way.
-    while let Ok(item) = cooperative(worker.rx.recv_async()).await {
+    let mut pacer = Pacer::default();
+    while let Ok(item) = worker.rx.recv_async().await {
         worker.took_item();
         let outcome = worker.workload.handle(item).await;
         worker.finished(outcome);
+        // flume takes no part in tokio's cooperative budget: with items
+        // always waiting and a handler that finishes without waiting on
+        // anything, `recv_async` is ready every time and this loop would
+        // never yield its runtime thread, starving the signal listener and
+        // the timers. The pacer makes it yield now and then.
+        pacer.step().await;
     }
 }

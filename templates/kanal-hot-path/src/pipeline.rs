@@ -24,28 +24,30 @@
 //! the report are the chassis's job ([`crate::supervisor`]); this module holds
 //! only the channel, the tasks and their loops.
 //!
-//! kanal's futures do not take part in tokio's cooperative scheduling: a
-//! `send` that finds room, or a `recv` that finds an item, is ready at once
-//! and never spends the task's budget. A producer whose channel never fills,
-//! or a consumer whose channel never runs empty, would then keep its runtime
-//! thread for as long as the load lasts, and the signal listener, the timers
-//! and the stop flag's follower task would never run. Every kanal future is
-//! therefore wrapped in [`cooperative`]; see the producer loop for why that is
-//! safe for futures that are not cancel safe.
+//! A third fact is about kanal and tokio together: kanal's futures do not take
+//! part in tokio's cooperative scheduling. A `send` that finds room, or a
+//! `recv` that finds an item, is ready at once and never spends the task's
+//! coop budget, so a producer whose channel does not fill, or a consumer whose
+//! channel does not run empty, never gives its runtime thread back. The
+//! signal listener, the timers and the task behind the stop flag then wait
+//! until the channel fills or empties, which with a large capacity takes
+//! seconds and millions of items. So both loops spend the budget themselves,
+//! one unit per [`ITEMS_PER_BUDGET_UNIT`] items, between items: at that point
+//! no item is in hand and no kanal future exists, so yielding there cannot
+//! lose anything.
 //!
 //! What one item costs beyond the channel itself: a producer loads a flag that
 //! only changes once, and stores a running total into a counter slot that no
 //! other task writes; the consumer does the same with its totals after every
-//! item. Each `send` and each `recv` also spends one unit of the task's coop
-//! budget, a thread-local counter. With batching the consumer takes the
-//! channel's lock once per wake-up rather than once per item. Nothing on this
-//! path allocates, and the task spans are off at the default log level.
+//! item. Both count items towards the next unit of coop budget. With batching
+//! the consumer takes the channel's lock once per wake-up rather than once per
+//! item. Nothing on this path allocates, and the task spans are off at the
+//! default log level.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use kanal::{AsyncReceiver, AsyncSender};
-use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -60,6 +62,16 @@ pub const TOPOLOGY: &str = "kanal-hot-path";
 /// everything else already waiting with one `drain_into` (one lock for the
 /// lot) instead of going back to `recv` for each item.
 pub const BATCHING: bool = {% if batching %}true{% else %}false{% endif %};
+
+/// The producers and the consumer spend one unit of their task's coop budget
+/// (with [`tokio::task::consume_budget`]) per this many items. tokio gives a
+/// task 128 units per turn, so a loop that never has to wait yields about
+/// every 2,048 items: well under a millisecond in a release build, often
+/// enough for the signal listener and the timers, and too rarely to show in
+/// the benchmark. One unit per item, what wrapping every kanal future in
+/// `tokio::task::coop::cooperative` does, cost about a fifth of the
+/// throughput there.
+pub const ITEMS_PER_BUDGET_UNIT: u64 = 16;
 
 /// Without batching, the consumer samples the queue depth once per this many
 /// receives (reading it takes the channel's lock). With batching it comes free
@@ -180,16 +192,7 @@ impl<W: Workload> Producer<W> {
             // keeps draining until every producer is gone, and the stop flag
             // is read again before the next item is made. So after a shutdown
             // request each producer finishes at most the one send it is in.
-            //
-            // `cooperative` makes the send spend the task's coop budget, so
-            // the producer yields once per budget (128 sends) even when the
-            // channel always has room; kanal's send alone never would, and
-            // would starve the signal listener, the timers and the stop
-            // flag. It looks at the budget before it polls the send, and
-            // when the budget is spent it returns `Pending` with the send
-            // future, item and all, still inside it: the future is polled
-            // again after the yield, never dropped, so nothing is lost.
-            let sent = cooperative(self.tx.send(item)).await;
+            let sent = self.tx.send(item).await;
             slot.publish(produced);
             if sent.is_err() {
                 // Only a consumer that panicked drops the receiver. This item
@@ -198,6 +201,13 @@ impl<W: Workload> Producer<W> {
                 break;
             }
             seq += self.stride;
+            // kanal's send never spends the coop budget, so a producer whose
+            // channel has room would never yield; this spends it instead, and
+            // yields once it is gone. Between two items nothing is in hand,
+            // and the stop flag is read right after the yield.
+            if produced.is_multiple_of(ITEMS_PER_BUDGET_UNIT) {
+                tokio::task::consume_budget().await;
+            }
         }
         tracing::debug!(produced, "producer finished");
     }
@@ -222,11 +232,21 @@ async fn consume<W: Workload>(
     // it stays empty and allocates nothing.
     let mut batch: Vec<W::Item> = Vec::with_capacity(held - 1);
     let mut wakeups = 0u64;
-    // `cooperative` for the same reason as in the producers: a consumer whose
-    // channel never runs empty finds every `recv` ready and would otherwise
-    // never yield. It checks the budget before polling `recv`, so an item
-    // handed to a waiting `recv` stays in the future across the yield.
-    while let Ok(first) = cooperative(rx.recv()).await {
+    // Items taken since the consumer last spent a unit of coop budget.
+    let mut unbudgeted = 0u64;
+    loop {
+        // kanal's recv never spends the budget either, so a consumer whose
+        // channel never runs empty would never yield. The unit is spent here,
+        // before `recv`, where no item is in hand and no kanal future exists:
+        // at least one per wake-up with a batch of 16 or more, else one per
+        // 16 items.
+        if unbudgeted >= ITEMS_PER_BUDGET_UNIT {
+            unbudgeted = 0;
+            tokio::task::consume_budget().await;
+        }
+        let Ok(first) = rx.recv().await else {
+            break; // Every producer is gone and the queue is empty.
+        };
         if BATCHING {
             // Everything queued plus the item of every producer waiting for
             // room, under one lock. It fails only when no receiver is left,
@@ -238,6 +258,7 @@ async fn consume<W: Workload>(
             counters.observe_queue_depth(1 + waiting);
         }
         wakeups += 1;
+        unbudgeted += 1 + batch.len() as u64;
         // Handled right here rather than in a helper `async fn`: a nested
         // future per item cost measurably more than the channel itself.
         for item in std::iter::once(first).chain(batch.drain(..)) {

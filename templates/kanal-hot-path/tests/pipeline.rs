@@ -432,9 +432,10 @@ async fn a_panicking_producer_stops_the_run() {
 /// fails here instead of hanging, the test counts the items made after the
 /// stop was due. Unlike a time limit, that does not depend on the machine's
 /// speed. On one runtime thread the scheduler is deterministic: with the
-/// yields the count stays within a few budgets (128 sends each) per task plus
-/// what the timer's millisecond resolution lets through, tens of thousands of
-/// items at most; without them it is 9 to 13 million. On two threads the count also
+/// yields the count stays within a turn or two of each task (a turn is at
+/// most 128 units of budget, 2,048 items) plus what the timer's millisecond
+/// resolution lets through: 16,384 in a debug build, up to about 41,000 in a
+/// release build. Without them it is 9 to 13 million. On two threads the count also
 /// depends on how the OS schedules them (a worker set aside for a moment
 /// lets the other produce on), so there only the deadline and the
 /// accounting are checked.
@@ -506,11 +507,11 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
 /// batching, that is in the middle of a `drain_into` batch. Everything it
 /// finished before the panic is reported as handled or failed, and only the
 /// rest as lost. One producer keeps the items in order, so the numbers are
-/// exact, on both runtime flavors. With batching on the current-thread
-/// runtime the batches are predictable: the producer yields after every 128
-/// sends (its coop budget), so the consumer takes items 128 at a time and
-/// item 300 is in the middle of the third batch. A consumer that published
-/// its counters once per batch would report 256 finished items, not 300.
+/// exact, on both runtime flavors. With batching, the producer has filled the
+/// 512 slots by the time the consumer first runs, so its first batch holds
+/// items 0 to about 512 and item 300 is in the middle of it: a consumer that
+/// published its counters once per batch would report no finished item at
+/// all here.
 #[test]
 fn a_panic_mid_batch_reports_exact_numbers() {
     let panic_at = 300;

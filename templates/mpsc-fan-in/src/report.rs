@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn a_balanced_run_succeeds() {
         let report = report(totals(10, 9, 1), 0, false);
-        assert_eq!((report.lost, report.abandoned, report.unaccounted), (0, 0, 0));
+        assert_eq!(
+            (report.lost, report.abandoned, report.unaccounted),
+            (0, 0, 0)
+        );
         assert_eq!(report.exit_code(), EXIT_SUCCESS);
     }
 

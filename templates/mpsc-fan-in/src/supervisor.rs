@@ -99,7 +99,9 @@ impl Supervisor {
     }
 
     /// Runs `stage` as a task inside `span`. If it panics, the sources stop
-    /// and the run fails.
+    /// and the run fails. The stop comes as the panic unwinds, after the
+    /// panic hook has printed it, so sources may make a few more items first:
+    /// they are drained and counted like any others.
     pub fn spawn_task<F>(&mut self, name: String, span: tracing::Span, stage: F)
     where
         F: Future<Output = ()> + Send + 'static,

@@ -197,19 +197,16 @@ fn a_second_signal_forces_exit() {
 #[cfg(unix)]
 fn a_signal_is_heard_under_sustained_load() {
     for capacity in ["1", "999999"] {
-        let mut child = start_endless(&[
-            "--work-us",
-            "0",
-            "--capacity",
-            capacity,
-            "--producers",
-            "4",
-        ]);
+        let mut child =
+            start_endless(&["--work-us", "0", "--capacity", capacity, "--producers", "4"]);
         std::thread::sleep(Duration::from_millis(500));
         signal(&child, "-INT");
         let status = wait_within(&mut child, Duration::from_secs(15));
         let output = child.wait_with_output().unwrap();
-        assert!(status.success(), "capacity {capacity}: exit status {status}");
+        assert!(
+            status.success(),
+            "capacity {capacity}: exit status {status}"
+        );
         let report = json_report(&output);
         assert_eq!(report["cancelled"], true, "capacity {capacity}");
         assert_eq!(report["produced"], report["handled"], "capacity {capacity}");

@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use support::{runtime, within};
+
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
 use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
@@ -282,7 +283,10 @@ async fn a_panicking_consumer_fails_the_run_without_hanging() {
         "producers stopped once the consumer was gone"
     );
     assert_eq!(report.unaccounted, 0);
-    assert_eq!(report.produced, report.handled + report.failed + report.lost);
+    assert_eq!(
+        report.produced,
+        report.handled + report.failed + report.lost
+    );
 }
 
 /// A panicking producer stops the others, even when they would otherwise
@@ -313,7 +317,10 @@ async fn a_panicking_producer_stops_the_run() {
     .expect("a panicking producer must stop the run");
     assert_eq!(report.failed_stages, 1);
     assert_eq!(report.unaccounted, 0);
-    assert_eq!(report.produced, report.handled + report.failed + report.lost);
+    assert_eq!(
+        report.produced,
+        report.handled + report.failed + report.lost
+    );
 }
 
 /// The mpsc hazard under sustained load: producers whose channel always has
@@ -332,7 +339,10 @@ fn cancellation_is_heard_under_sustained_load() {
                     pipeline::run(&config(4, capacity, 0), Probe::default(), shutdown).await
                 })
             });
-            assert!(report.cancelled, "multi_thread={multi_thread} capacity={capacity}");
+            assert!(
+                report.cancelled,
+                "multi_thread={multi_thread} capacity={capacity}"
+            );
             assert!(report.is_success(), "{report:?}");
             assert_eq!(report.produced, report.handled);
         }
@@ -352,7 +362,11 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
     config.drain_timeout = 5;
     let report = timeout(
         Duration::from_secs(60),
-        pipeline::run(&config, probe.clone(), cancel_after(Duration::from_millis(10))),
+        pipeline::run(
+            &config,
+            probe.clone(),
+            cancel_after(Duration::from_millis(10)),
+        ),
     )
     .await
     .expect("the drain deadline must end the run");
@@ -360,7 +374,10 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
     assert!(report.drain_timed_out);
     assert_eq!(report.exit_code(), EXIT_DRAIN_TIMEOUT);
     assert!(report.abandoned > 0);
-    assert_eq!(report.abandoned, report.produced - report.handled - report.failed);
+    assert_eq!(
+        report.abandoned,
+        report.produced - report.handled - report.failed
+    );
     assert_eq!((report.lost, report.unaccounted), (0, 0));
 }
 
@@ -405,7 +422,11 @@ async fn a_stuck_consumer_is_reported_as_a_stall() {
     assert!(report.is_success());
 
     config.stall_warn_secs = 0;
-    assert_eq!(run(&config, &probe).await.stall_episodes, 0, "0 turns it off");
+    assert_eq!(
+        run(&config, &probe).await.stall_episodes,
+        0,
+        "0 turns it off"
+    );
 }
 
 /// Many producers, tiny and small capacities, both flavors, cancelled at
@@ -423,7 +444,8 @@ fn stress_every_created_item_is_accounted_for() {
                         let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
                         pipeline::run(&config(16, capacity, 0), probe.clone(), shutdown).await
                     });
-                    let case = format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
+                    let case =
+                        format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
                     assert_eq!(report.unaccounted, 0, "{case}: {report:?}");
                     assert_eq!(report.produced, probe.seen.produced.load(SeqCst), "{case}");
                     assert_eq!(report.handled, report.produced, "{case}");

@@ -5,10 +5,12 @@
 //! - [`workload`]: your item type, blocking I/O and async handling; the one
 //!   module to edit.
 //! - [`pipeline`]: the topology (threads, tasks, channels).
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
-//!   [`report`]: the service chassis, the same in every Conveyor template.
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
+//!   [`counters`], [`report`]: the service chassis, the same in every
+//!   Conveyor template.
 
 pub mod config;
+pub mod coop;
 pub mod counters;
 pub mod pipeline;
 pub mod report;

@@ -9,12 +9,13 @@
 //!   only ever awaits `send_async`/`recv_async`. A blocking `send` or `recv`
 //!   inside a task would stall a runtime thread, and on a `current_thread`
 //!   runtime, stall everything.
-//! - Every `send_async`/`recv_async` is wrapped in
-//!   [`tokio::task::coop::cooperative`]. flume's futures know nothing of
-//!   tokio's cooperative budget: on a channel that never runs empty (or never
-//!   fills) they are ready on every poll, and a task awaiting them in a loop
-//!   would never hand its thread back to the scheduler. The signal listener,
-//!   the timers and the drain deadline would starve with it.
+//! - Every async loop over a flume channel calls
+//!   [`Pacer::step`](crate::coop::Pacer::step) once per item. flume's
+//!   futures take no part in tokio's cooperative budget: on a channel that
+//!   never runs empty (or never fills) they are ready on every poll, and a
+//!   task awaiting them in a loop would never hand its thread back to the
+//!   scheduler. The signal listener, the timers and the drain deadline would
+//!   starve with it.
 //!
 //! The direction's `run` only builds the channels and hands each stage to
 //! the [`Supervisor`](crate::supervisor::Supervisor), which watches them,

@@ -9,7 +9,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use proptest::prelude::*;
@@ -47,6 +47,9 @@ struct Observed {
 struct Probe {
     seen: Arc<Observed>,
     work: Duration,
+    /// CPU time per item in the async stage: a busy loop that never awaits,
+    /// like parsing or hashing.
+    busy: Duration,
     fail_every: Option<u64>,
     panic_at: Option<u64>,
     sink_panics_at: Option<u64>,
@@ -139,6 +142,7 @@ impl BlockingSink for Probe {
 
 impl Workload for Probe {
     async fn produce(&self, seq: u64) -> anyhow::Result<u64> {
+        spin(self.busy);
         let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
         self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // Other items may finish between the two reads, so this can only
@@ -159,6 +163,14 @@ impl Workload for Probe {
             anyhow::bail!("test producer rejects item {seq}");
         }
         Ok(seq)
+    }
+}
+
+/// Keeps the CPU busy for `time` without yielding.
+fn spin(time: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
     }
 }
 
@@ -432,12 +444,13 @@ fn a_sink_stuck_in_open_does_not_hold_up_shutdown() {
 }
 
 /// The reported hazard: flume's futures do not take part in tokio's
-/// cooperative budget. With a channel that never fills (no work per item,
-/// a huge capacity, a sink that keeps up), `send_async` is ready on every
-/// poll; unless the producers yield anyway, they keep every runtime thread,
-/// and the timer that cancels the run never fires. Capacity 1 is the
-/// control: there the producers wait all the time. The deadline is kept
-/// outside the runtime, so a regression fails here instead of hanging.
+/// cooperative budget. With a channel that never fills (a huge capacity,
+/// and producers that spend a little CPU on each item, so the sink always
+/// keeps up), `send_async` is ready on every poll; unless the producers
+/// yield anyway, they keep every runtime thread, and the timer that cancels
+/// the run never fires. Capacity 1 is the control: there the producers wait
+/// all the time. The deadline is kept outside the runtime, so a regression
+/// fails here instead of hanging.
 #[test]
 fn cancellation_is_heard_under_sustained_load() {
     for multi_thread in [false, true] {
@@ -446,7 +459,10 @@ fn cancellation_is_heard_under_sustained_load() {
             let report = run_on(
                 multi_thread,
                 &config(4, capacity, 0),
-                &Probe::default(),
+                &Probe {
+                    busy: Duration::from_micros(2),
+                    ..Probe::default()
+                },
                 Some(Duration::from_millis(500)),
             );
             assert!(report.cancelled, "{case}");

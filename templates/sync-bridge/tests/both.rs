@@ -457,13 +457,14 @@ fn a_failing_source_stops_the_run() {
 }
 
 /// The reported hazard: flume's futures do not take part in tokio's
-/// cooperative budget. Source threads that keep the first channel from ever
-/// running empty, and a sink that keeps the second from filling, make both
-/// `recv_async` and `send_async` ready on every poll; unless the workers
-/// yield anyway, they keep every runtime thread, and the timer that cancels
-/// the run never fires. Capacity 1 is the control: there the channels run
-/// empty or full all the time. The deadline is kept outside the runtime, so
-/// a regression fails here instead of hanging.
+/// cooperative budget. With no work per item and huge capacities, the
+/// source threads keep the first channel from ever running empty and the
+/// sink keeps the second from filling, so both `recv_async` and
+/// `send_async` are ready on every poll; unless the workers yield anyway,
+/// they keep every runtime thread, and the timer that cancels the run never
+/// fires. Capacity 1 is the control: there the channels run empty or full
+/// all the time. The deadline is kept outside the runtime, so a regression
+/// fails here instead of hanging.
 #[test]
 fn cancellation_is_heard_under_sustained_load() {
     for multi_thread in [false, true] {

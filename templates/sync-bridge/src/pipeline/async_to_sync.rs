@@ -10,11 +10,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
 use crate::config::Config;
+use crate::coop::Pacer;
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::{StopFlag, Supervisor};
@@ -104,6 +104,7 @@ impl<W: Workload> Producer<W> {
     /// and if the sink fails, the channel disconnects.
     async fn run(self) {
         let slot = self.counters.producer(self.id);
+        let mut pacer = Pacer::default();
         let mut produced = 0u64;
         let mut seq = self.id as u64;
         while self.items == 0 || seq < self.items {
@@ -117,17 +118,19 @@ impl<W: Workload> Producer<W> {
                     None
                 }
             };
-            // `cooperative`: while the channel has room, `send_async` is
-            // ready at once and never yields by itself; the coop budget
-            // makes the producer yield every 128 items, so the signal
-            // listener and the timers still run. Waiting for the budget
-            // happens before the item is handed over, so it loses nothing.
-            if cooperative(self.tx.send_async(outcome)).await.is_err() {
+            if self.tx.send_async(outcome).await.is_err() {
                 break; // the sink is gone: it failed, and the run stops
             }
             produced += 1;
             slot.publish(produced);
             seq += self.stride;
+            // flume takes no part in tokio's cooperative budget: while the
+            // sink keeps the channel from filling, `send_async` is ready
+            // every time, and with a `produce` that finishes without waiting
+            // this loop would never yield its runtime thread, starving the
+            // signal listener and the timers. The pacer makes it yield now
+            // and then, after the item is sent, so a yield never holds one.
+            pacer.step().await;
         }
         tracing::debug!(produced, "producer finished");
     }

@@ -10,13 +10,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
 
 use super::DEPTH_SAMPLE_EVERY;
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
 use super::source::{self, BlockingSource, InputPath};
 use crate::config::{Config, task_count};
+use crate::coop::Pacer;
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -113,13 +113,9 @@ async fn work<W: Workload>(
     workload: Arc<W>,
     counters: Arc<Counters>,
 ) {
+    let mut pacer = Pacer::default();
     let mut receives = 0u64;
-    // `cooperative` on both channel ends: while the sources keep one channel
-    // non-empty and the sink keeps the other from filling, both futures are
-    // ready on every poll and never yield by themselves; the coop budget
-    // makes the worker yield every 128 steps, so the signal listener and
-    // the timers still run.
-    while let Ok(item) = cooperative(rx.recv_async()).await {
+    while let Ok(item) = rx.recv_async().await {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
@@ -132,10 +128,17 @@ async fn work<W: Workload>(
             }
         };
         // Never raced against anything: a dropped send future drops its item.
-        if cooperative(tx.send_async(outcome)).await.is_err() {
+        if tx.send_async(outcome).await.is_err() {
             // The sink is gone (it failed or panicked, which also stops the
             // sources): stop reading, so the sources see their channel close.
             break;
         }
+        // flume takes no part in tokio's cooperative budget: while the
+        // sources keep one channel from running empty and the sink keeps the
+        // other from filling, both futures are ready every time, and with a
+        // `process` that finishes without waiting this loop would never
+        // yield its runtime thread, starving the signal listener and the
+        // timers. The pacer makes it yield now and then.
+        pacer.step().await;
     }
 }

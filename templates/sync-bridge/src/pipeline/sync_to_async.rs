@@ -10,12 +10,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::task::coop::cooperative;
 use tokio_util::sync::CancellationToken;
 
 use super::DEPTH_SAMPLE_EVERY;
 use super::source::{self, BlockingSource, InputPath};
 use crate::config::{Config, task_count};
+use crate::coop::Pacer;
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -93,13 +93,10 @@ async fn work<W: Workload>(
     counters: Arc<Counters>,
 ) {
     let slot = counters.worker(id);
+    let mut pacer = Pacer::default();
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut receives = 0u64;
-    // `cooperative`: while the source threads keep the channel non-empty,
-    // `recv_async` is ready on every poll and never yields by itself; the
-    // coop budget makes the worker yield every 128 items, so the signal
-    // listener and the timers still run.
-    while let Ok(item) = cooperative(rx.recv_async()).await {
+    while let Ok(item) = rx.recv_async().await {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
@@ -114,5 +111,11 @@ async fn work<W: Workload>(
         // After every item: if a later item panics, the report still knows
         // exactly what this worker finished.
         slot.publish(handled, failed);
+        // flume takes no part in tokio's cooperative budget: while the source
+        // threads keep the channel from running empty, `recv_async` is ready
+        // every time, and with a handler that finishes without waiting this
+        // loop would never yield its runtime thread, starving the signal
+        // listener and the timers. The pacer makes it yield now and then.
+        pacer.step().await;
     }
 }

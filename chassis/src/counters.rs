@@ -1,0 +1,155 @@
+//! The hot-path counters of a run.
+//!
+//! Each producer and worker owns one slot and is the only one that writes it,
+//! so counting costs a plain store per item and no contention. Readers (the
+//! monitor, the final report) sum the slots. A worker publishes after every
+//! item, not once per batch: if it panics halfway through a batch, its slot
+//! still says exactly how many items it finished.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Live counters of one run: one slot per producer and per worker.
+#[derive(Debug)]
+pub struct Counters {
+    producers: Box<[ProducerSlot]>,
+    workers: Box<[WorkerSlot]>,
+    queue_depth: AtomicUsize,
+    peak_queue_depth: AtomicUsize,
+}
+
+/// What one producer has sent into the channel. Written only by that producer.
+#[derive(Debug, Default)]
+#[repr(align(128))] // One slot per cache line (two on CPUs that prefetch pairs).
+pub struct ProducerSlot {
+    produced: AtomicU64,
+}
+
+/// What one worker has finished. Written only by that worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerSlot {
+    handled: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A sum of all slots at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Items that entered the channel.
+    pub produced: u64,
+    /// Items whose handler returned `Ok`.
+    pub handled: u64,
+    /// Items whose handler returned an error.
+    pub failed: u64,
+    /// `handled` per worker, in worker order.
+    pub handled_per_worker: Vec<u64>,
+}
+
+impl Totals {
+    /// Items that have finished, successfully or not.
+    pub fn finished(&self) -> u64 {
+        self.handled + self.failed
+    }
+}
+
+impl Counters {
+    /// Counters for `producers` producers and `workers` workers.
+    pub fn new(producers: usize, workers: usize) -> Self {
+        Self {
+            producers: (0..producers).map(|_| ProducerSlot::default()).collect(),
+            workers: (0..workers).map(|_| WorkerSlot::default()).collect(),
+            queue_depth: AtomicUsize::new(0),
+            peak_queue_depth: AtomicUsize::new(0),
+        }
+    }
+
+    /// The slot of producer `index`.
+    pub fn producer(&self, index: usize) -> &ProducerSlot {
+        &self.producers[index]
+    }
+
+    /// The slot of worker `index`.
+    pub fn worker(&self, index: usize) -> &WorkerSlot {
+        &self.workers[index]
+    }
+
+    /// Records a sampled queue depth and keeps the largest seen. Call it from
+    /// one consumer, or from each worker now and then: it writes a shared line.
+    pub fn observe_queue_depth(&self, depth: usize) {
+        self.queue_depth.store(depth, Relaxed);
+        // The load is a shared read of a line that rarely changes; only a new
+        // peak pays for the read-modify-write.
+        if depth > self.peak_queue_depth.load(Relaxed) {
+            self.peak_queue_depth.fetch_max(depth, Relaxed);
+        }
+    }
+
+    /// The queue depth sampled last.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth.load(Relaxed)
+    }
+
+    /// The largest queue depth recorded so far.
+    pub fn peak_queue_depth(&self) -> usize {
+        self.peak_queue_depth.load(Relaxed)
+    }
+
+    /// Sums every slot. Finished items are read before produced ones, so a
+    /// snapshot taken while the pipeline runs never shows more finished than
+    /// produced.
+    pub fn totals(&self) -> Totals {
+        let handled_per_worker: Vec<u64> = self
+            .workers
+            .iter()
+            .map(|w| w.handled.load(Relaxed))
+            .collect();
+        let failed = self.workers.iter().map(|w| w.failed.load(Relaxed)).sum();
+        Totals {
+            produced: self
+                .producers
+                .iter()
+                .map(|p| p.produced.load(Relaxed))
+                .sum(),
+            handled: handled_per_worker.iter().sum(),
+            failed,
+            handled_per_worker,
+        }
+    }
+}
+
+impl ProducerSlot {
+    /// Publishes this producer's running total.
+    pub fn publish(&self, produced: u64) {
+        self.produced.store(produced, Relaxed);
+    }
+}
+
+impl WorkerSlot {
+    /// Publishes this worker's running totals. Call it after every item.
+    pub fn publish(&self, handled: u64, failed: u64) {
+        self.handled.store(handled, Relaxed);
+        self.failed.store(failed, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_their_slots() {
+        let counters = Counters::new(2, 2);
+        counters.producer(0).publish(3);
+        counters.producer(1).publish(4);
+        counters.worker(0).publish(5, 1);
+        counters.worker(1).publish(1, 0);
+        counters.observe_queue_depth(7);
+        counters.observe_queue_depth(2);
+        let totals = counters.totals();
+        assert_eq!((totals.produced, totals.handled, totals.failed), (7, 6, 1));
+        assert_eq!(totals.finished(), 7);
+        assert_eq!(totals.handled_per_worker, vec![5, 1]);
+        assert_eq!(counters.queue_depth(), 2);
+        assert_eq!(counters.peak_queue_depth(), 7);
+    }
+}

@@ -1,0 +1,50 @@
+//! Entry point: parse the configuration, set up logging, listen for shutdown
+//! signals, run the pipeline until it finishes or is told to stop, and print
+//! the report.
+//!
+//! Exit codes: 0 clean run, 1 pipeline error, 2 bad configuration, 3 the
+//! drain outlived `--drain-timeout`, 130 a second signal forced the exit.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use {{crate_name}}::config::{self, Config};
+use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, EXIT_PIPELINE_ERROR};
+use {{crate_name}}::workload::DemoWorkload;
+use {{crate_name}}::{pipeline, shutdown, telemetry};
+
+const BAD_CONFIG: u8 = 2;
+
+#[tokio::main(flavor = "{{runtime}}")]
+async fn main() -> ExitCode {
+    let config = match Config::from_args_and_env(std::env::args_os()) {
+        Ok(config) => config,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            eprintln!("{}", config::one_line(&error));
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    telemetry::init();
+
+    // Listening starts before the pipeline does, so a signal at any moment
+    // of the run drains it instead of killing the process without a report.
+    let shutdown = match shutdown::listen() {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for shutdown signals");
+            return ExitCode::from(EXIT_PIPELINE_ERROR);
+        }
+    };
+    let report = pipeline::run(&config, DemoWorkload::new(&config), shutdown).await;
+
+    println!("{}", report.render(config.report));
+    let code = report.exit_code();
+    if code == EXIT_DRAIN_TIMEOUT {
+        // Stages that outlived the deadline may still be running, and
+        // dropping the runtime would wait for them. Exit now instead.
+        let _ = std::io::stdout().flush();
+        std::process::exit(i32::from(code));
+    }
+    ExitCode::from(code)
+}
