@@ -17,7 +17,8 @@ pub const EXIT_SUCCESS: u8 = 0;
 /// Exit code of a run with a pipeline error: a stage panicked or failed, or
 /// the balance did not add up.
 pub const EXIT_PIPELINE_ERROR: u8 = 1;
-/// Exit code of a run whose drain outlived `--drain-timeout`.
+/// Exit code of a run whose drain outlived `--drain-timeout` (and had no
+/// pipeline error).
 pub const EXIT_DRAIN_TIMEOUT: u8 = 3;
 
 /// The final account of a run.
@@ -107,11 +108,12 @@ impl Balance {
 
 impl Report {
     /// The exit code this run ends the process with.
+    /// A pipeline error outranks a drain deadline that passed after it.
     pub fn exit_code(&self) -> u8 {
-        if self.drain_timed_out {
-            EXIT_DRAIN_TIMEOUT
-        } else if self.failed_stages > 0 || self.unaccounted != 0 {
+        if self.failed_stages > 0 || self.unaccounted != 0 {
             EXIT_PIPELINE_ERROR
+        } else if self.drain_timed_out {
+            EXIT_DRAIN_TIMEOUT
         } else {
             EXIT_SUCCESS
         }

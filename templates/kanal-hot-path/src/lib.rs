@@ -4,10 +4,12 @@
 //! Where things live:
 //! - [`workload`]: your item type and handler; the one module to edit.
 //! - [`pipeline`]: the topology (tasks, channel, draining on shutdown).
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`counters`],
-//!   [`report`]: the service chassis, the same in every Conveyor template.
+//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
+//!   [`counters`], [`report`]: the service chassis, the same in every
+//!   Conveyor template.
 
 pub mod config;
+pub mod coop;
 pub mod counters;
 pub mod pipeline;
 pub mod report;

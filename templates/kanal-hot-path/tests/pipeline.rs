@@ -433,12 +433,12 @@ async fn a_panicking_producer_stops_the_run() {
 /// stop was due. Unlike a time limit, that does not depend on the machine's
 /// speed. On one runtime thread the scheduler is deterministic: with the
 /// yields the count stays within a turn or two of each task (a turn is at
-/// most 128 units of budget, 2,048 items) plus what the timer's millisecond
-/// resolution lets through: 16,384 in a debug build, up to about 41,000 in a
-/// release build. Without them it is 9 to 13 million. On two threads the count also
-/// depends on how the OS schedules them (a worker set aside for a moment
-/// lets the other produce on), so there only the deadline and the
-/// accounting are checked.
+/// most 128 units of budget, about 4,000 items) plus what the timer's
+/// millisecond resolution lets through: up to about 36,000 in a debug build
+/// and 63,000 in a release build. Without them it is 9 to 13 million. On two
+/// threads the count also depends on how the OS schedules them (a worker set
+/// aside for a moment lets the other produce on), so there only the deadline
+/// and the accounting are checked.
 #[test]
 fn cancellation_is_heard_under_sustained_load() {
     const STOP_AFTER: Duration = Duration::from_millis(200);

@@ -3,13 +3,14 @@
 //! the report.
 //!
 //! Exit codes: 0 clean run, 1 pipeline error, 2 bad configuration, 3 the
-//! drain outlived `--drain-timeout`, 130 a second signal forced the exit.
+//! drain outlived `--drain-timeout` (without a pipeline error), 130 a second
+//! signal forced the exit.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use {{crate_name}}::config::{self, Config};
-use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, EXIT_PIPELINE_ERROR};
+use {{crate_name}}::report::EXIT_PIPELINE_ERROR;
 use {{crate_name}}::workload::DemoWorkload;
 use {{crate_name}}::{pipeline, shutdown, telemetry};
 
@@ -40,7 +41,7 @@ async fn main() -> ExitCode {
 
     println!("{}", report.render(config.report));
     let code = report.exit_code();
-    if code == EXIT_DRAIN_TIMEOUT {
+    if report.drain_timed_out {
         // Stages that outlived the deadline may still be running, and
         // dropping the runtime would wait for them. Exit now instead.
         let _ = std::io::stdout().flush();

@@ -57,8 +57,7 @@ impl Supervisor {
             started: std::time::Instant::now(),
             counters: Arc::new(Counters::new(config.producers, workers)),
             // A failed stage stops the sources through this child token
-            // without cancelling the caller's token, so it does not start
-            // the drain deadline either.
+            // without cancelling the caller's token.
             stop: shutdown.child_token(),
             shutdown,
             stages: JoinSet::new(),
@@ -159,8 +158,9 @@ impl Supervisor {
         }
     }
 
-    /// Waits for every stage to end, or, once a shutdown has been requested,
-    /// for the drain deadline, whichever comes first; then builds the report.
+    /// Waits for every stage to end, or, once the sources have been told to
+    /// stop (a shutdown request or a failed stage), for the drain deadline,
+    /// whichever comes first; then builds the report.
     /// Stages still running at the deadline are abandoned: tasks are aborted,
     /// threads are left to the process exit.
     pub async fn finish(mut self) -> Report {
@@ -171,7 +171,10 @@ impl Supervisor {
             self.done.clone(),
         ));
         let mut failed_stages = self.failed_to_start;
-        let mut deadline = pin!(drain_deadline(self.shutdown.clone(), self.drain_deadline));
+        // The deadline follows the stop token, not only the shutdown request:
+        // after a stage fails, a source blocked in a read that never returns
+        // (stdin with no more lines) must not keep the run alive for ever.
+        let mut deadline = pin!(drain_deadline(self.stop.clone(), self.drain_deadline));
         let drain_timed_out = loop {
             // Stages are joined in the order they end, so a failure is logged
             // as it happens. The drain deadline is raced alongside: a stage
@@ -254,9 +257,9 @@ impl Drop for StopOnPanic {
     }
 }
 
-/// Ends `limit` after `shutdown` is cancelled; never, without a limit.
-async fn drain_deadline(shutdown: CancellationToken, limit: Option<Duration>) {
-    shutdown.cancelled().await;
+/// Ends `limit` after `stop` is cancelled; never, without a limit.
+async fn drain_deadline(stop: CancellationToken, limit: Option<Duration>) {
+    stop.cancelled().await;
     match limit {
         Some(limit) => tokio::time::sleep(limit).await,
         None => std::future::pending().await,
