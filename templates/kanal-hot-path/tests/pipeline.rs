@@ -431,18 +431,18 @@ async fn a_panicking_producer_stops_the_run() {
 /// the deadline, which is kept outside the runtime so that a worse regression
 /// fails here instead of hanging, the test counts the items made after the
 /// stop was due. Unlike a time limit, that does not depend on the machine's
-/// speed. On one runtime thread the scheduler is deterministic: with the
-/// yields the count stays within a turn or two of each task (a turn is at
-/// most 128 units of budget, about 4,000 items) plus what the timer's
-/// millisecond resolution lets through: up to about 36,000 in a debug build
-/// and 63,000 in a release build. Without them it is 9 to 13 million. On two
-/// threads the count also depends on how the OS schedules them (a worker set
-/// aside for a moment lets the other produce on), so there only the deadline
-/// and the accounting are checked.
+/// speed. On one runtime thread, with the yields, the count stays within a
+/// few turns of each task (a turn ends after 128 units of budget, about
+/// 33,000 items, or when the channel is full): up to about 255,000 in debug
+/// and release builds. Without them it is 9 to 13 million, so the limit sits
+/// at about one full channel. On two threads the count also
+/// depends on how the OS schedules them (a worker set aside for a moment lets
+/// the other produce on), so there only the deadline and the accounting are
+/// checked.
 #[test]
 fn cancellation_is_heard_under_sustained_load() {
     const STOP_AFTER: Duration = Duration::from_millis(200);
-    const LATE_ITEMS_ALLOWED: u64 = 200_000;
+    const LATE_ITEMS_ALLOWED: u64 = 1_000_000;
     for multi_thread in [false, true] {
         for capacity in [1, 999_999] {
             let (report, made_late) = within(Duration::from_secs(30), move || {
