@@ -321,18 +321,19 @@ async fn monitor(
     };
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticks.tick().await; // The first tick is immediate; there is nothing to say yet.
-    let start = Instant::now();
+    // The first tick is immediate; there is nothing to say yet. Times are
+    // the ticks' scheduled instants rather than `Instant::now()`, so that a
+    // progress line due every tick is not skipped for being a hair early.
+    let start = ticks.tick().await;
     let mut progress = progress_every.map(|every| ProgressLine::new(every, start));
     let mut stall = stall_after.map(|after| StallWatch::new(after, start));
     loop {
         // `done` is cancelled once the stages have ended; the final report
         // replaces the progress line from then on.
-        tokio::select! {
+        let now = tokio::select! {
             () = done.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
-        let now = Instant::now();
+            now = ticks.tick() => now,
+        };
         let totals = counters.totals();
         if let Some(progress) = &mut progress {
             progress.observe(now, &totals, counters.queue_depth());
