@@ -433,7 +433,7 @@ async fn a_panicking_producer_stops_the_run() {
 /// stop was due. Unlike a time limit, that does not depend on the machine's
 /// speed. On one runtime thread, with the yields, the count stays within a
 /// few turns of each task (a turn ends after 128 units of budget, about
-/// 33,000 items, or when the channel is full): up to about 255,000 in debug
+/// 33,000 items, or when the channel is full): up to about 280,000 in debug
 /// and release builds. Without them it is 9 to 13 million, so the limit sits
 /// at about one full channel. On two threads the count also
 /// depends on how the OS schedules them (a worker set aside for a moment lets
