@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use wait_timeout::ChildExt;
 
 use crate::checks;
-use crate::matrix::{Combination, Matrix};
+use crate::matrix::{Combination, Matrix, Template};
 use crate::tools::CargoGenerate;
 
 /// No single step of a combination may take longer than this.
@@ -256,14 +256,13 @@ impl<'a> Runner<'a> {
     fn check_tree(
         &self,
         combination: &Combination,
-        template: &crate::matrix::Template,
+        template: &Template,
         project: &Path,
         logs: &Path,
         builds: &mut HashMap<u64, String>,
     ) -> std::result::Result<Verdict, Verdict> {
-        let project = project.to_path_buf();
         timed(Step::Render, logs, || {
-            let leftovers = checks::leftover_liquid(&project)?;
+            let leftovers = checks::leftover_liquid(project)?;
             ensure!(
                 leftovers.is_empty(),
                 "Liquid left over:\n{}",
@@ -274,14 +273,14 @@ impl<'a> Runner<'a> {
                 .get("github_ci")
                 .map(|p| p.default.as_str());
             let github_ci = combination.value("github_ci").or(default) == Some("true");
-            checks::check_workflow(&project, github_ci)
+            checks::check_workflow(project, github_ci)
         })?;
         timed(Step::Fmt, logs, || {
-            self.cargo(&project, &["fmt", "--check"], &logs.join("fmt.log"))
+            self.cargo(project, &["fmt", "--check"], &logs.join("fmt.log"))
         })?;
 
         let fingerprint =
-            checks::build_fingerprint(&project).map_err(|e| failed(Step::Render, e, logs))?;
+            checks::build_fingerprint(project).map_err(|e| failed(Step::Render, e, logs))?;
         if let Some(earlier) = builds.get(&fingerprint) {
             println!(
                 "         same sources as {earlier}: its clippy, test, bench build and smoke run stand"
@@ -293,17 +292,17 @@ impl<'a> Runner<'a> {
 
         timed(Step::Clippy, logs, || {
             self.cargo(
-                &project,
+                project,
                 &["clippy", "--all-targets", "--", "-D", "warnings"],
                 &logs.join("clippy.log"),
             )
         })?;
         timed(Step::Test, logs, || {
-            self.cargo(&project, &["test"], &logs.join("test.log"))
+            self.cargo(project, &["test"], &logs.join("test.log"))
         })?;
         timed(Step::BenchBuild, logs, || {
             self.cargo(
-                &project,
+                project,
                 &["bench", "--no-run"],
                 &logs.join("bench-build.log"),
             )
