@@ -3,8 +3,6 @@
 //! source, `chassis/`, and a copy in every template. These tests fail as soon
 //! as a copy drifts from the source.
 
-use std::path::PathBuf;
-
 use conveyor_ci::chassis::{self, SYNC_COMMAND};
 use conveyor_ci::matrix::Matrix;
 use conveyor_ci::repo_root;
@@ -14,16 +12,12 @@ use conveyor_ci::repo_root;
 #[test]
 fn every_template_carries_the_chassis_unchanged() {
     let matrix = Matrix::load(repo_root()).unwrap();
-    let templates: Vec<PathBuf> = matrix
-        .templates
-        .iter()
-        .map(|t| repo_root().join("templates").join(&t.name))
-        .collect();
+    let carriers = matrix.chassis_carriers(repo_root());
     assert!(
-        chassis::files(repo_root()).unwrap().len() >= 8,
+        chassis::files(repo_root(), None).unwrap().len() >= 8,
         "the chassis source folder is missing or nearly empty"
     );
-    let drift = chassis::drift(repo_root(), &templates).unwrap();
+    let drift = chassis::drift(repo_root(), &carriers).unwrap();
     let listing: Vec<String> = drift
         .iter()
         .map(|d| format!("  templates/{}/{}", d.template, d.file.display()))

@@ -18,20 +18,59 @@
 /// items nothing that stood out of the noise.
 const ITEMS_PER_BUDGET_UNIT: u32 = 256;
 
-/// Call [`Pacer::step`] once per item in any loop that may never wait.
+/// Counts the items of a loop that may never wait, and says when the loop
+/// owes its task a unit of budget. Checking is a plain counter update, so it
+/// costs next to nothing per item; only when a unit is due does the loop
+/// await [`spend`]:
+///
+/// ```ignore
+/// let due = pacer.count(1);
+/// if due > 0 {
+///     coop::spend(due).await;
+/// }
+/// ```
+///
+/// The check and the await are kept apart on purpose: awaiting an `async fn`
+/// for every item, even one that returns at once, cost the kanal hot path
+/// about a third of its throughput.
 #[derive(Debug, Default)]
 pub struct Pacer {
     items: u32,
 }
 
 impl Pacer {
-    /// Counts one item, and now and then spends a unit of the task's budget,
-    /// which yields to the scheduler once the budget is spent. A loop that
-    /// did wait in between got a fresh budget then, so it rarely yields here.
-    pub async fn step(&mut self) {
-        self.items = self.items.wrapping_add(1);
-        if self.items.is_multiple_of(ITEMS_PER_BUDGET_UNIT) {
-            tokio::task::consume_budget().await;
-        }
+    /// Counts `items` more items; returns how many units of budget are due
+    /// for them (usually 0).
+    #[inline]
+    pub fn count(&mut self, items: u32) -> u32 {
+        let total = self.items + items;
+        self.items = total % ITEMS_PER_BUDGET_UNIT;
+        total / ITEMS_PER_BUDGET_UNIT
+    }
+}
+
+/// Spends `units` of the task's budget. Once the budget is gone, this yields
+/// to the scheduler; a loop that did wait in between got a fresh budget then,
+/// so it rarely yields here. Await it only where no item is in hand, or where
+/// dropping the loop's future at this point loses nothing.
+pub async fn spend(units: u32) {
+    for _ in 0..units {
+        tokio::task::consume_budget().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_is_due_per_256_items_whatever_the_step() {
+        let mut one_by_one = Pacer::default();
+        let due: u32 = (0..1000).map(|_| one_by_one.count(1)).sum();
+        assert_eq!(due, 3);
+        let mut in_batches = Pacer::default();
+        let due: u32 = (0..10).map(|_| in_batches.count(100)).sum();
+        assert_eq!(due, 3);
+        assert_eq!(Pacer::default().count(600), 2);
     }
 }

@@ -17,11 +17,13 @@ pub struct Counters {
     peak_queue_depth: AtomicUsize,
 }
 
-/// What one producer has sent into the channel. Written only by that producer.
+/// What one producer has sent into the channel, and the inputs its source
+/// rejected. Written only by that producer.
 #[derive(Debug, Default)]
 #[repr(align(128))] // One slot per cache line (two on CPUs that prefetch pairs).
 pub struct ProducerSlot {
     produced: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// What one worker has finished. Written only by that worker.
@@ -37,6 +39,9 @@ pub struct WorkerSlot {
 pub struct Totals {
     /// Items that entered the channel.
     pub produced: u64,
+    /// Inputs a source could not turn into an item (a read error, a
+    /// malformed record). They never entered the channel.
+    pub rejected: u64,
     /// Items whose handler returned `Ok`.
     pub handled: u64,
     /// Items whose handler returned an error.
@@ -110,6 +115,11 @@ impl Counters {
                 .iter()
                 .map(|p| p.produced.load(Relaxed))
                 .sum(),
+            rejected: self
+                .producers
+                .iter()
+                .map(|p| p.rejected.load(Relaxed))
+                .sum(),
             handled: handled_per_worker.iter().sum(),
             failed,
             handled_per_worker,
@@ -121,6 +131,11 @@ impl ProducerSlot {
     /// Publishes this producer's running total.
     pub fn publish(&self, produced: u64) {
         self.produced.store(produced, Relaxed);
+    }
+
+    /// Publishes how many inputs this producer's source has rejected.
+    pub fn publish_rejected(&self, rejected: u64) {
+        self.rejected.store(rejected, Relaxed);
     }
 }
 
@@ -141,6 +156,7 @@ mod tests {
         let counters = Counters::new(2, 2);
         counters.producer(0).publish(3);
         counters.producer(1).publish(4);
+        counters.producer(1).publish_rejected(2);
         counters.worker(0).publish(5, 1);
         counters.worker(1).publish(1, 0);
         counters.observe_queue_depth(7);
@@ -148,6 +164,7 @@ mod tests {
         let totals = counters.totals();
         assert_eq!((totals.produced, totals.handled, totals.failed), (7, 6, 1));
         assert_eq!(totals.finished(), 7);
+        assert_eq!(totals.rejected, 2);
         assert_eq!(totals.handled_per_worker, vec![5, 1]);
         assert_eq!(counters.queue_depth(), 2);
         assert_eq!(counters.peak_queue_depth(), 7);

@@ -118,7 +118,7 @@ fn run(task: Task) -> Result<bool> {
         }
         Task::InstallTools => install_tools(&matrix).map(|_| true),
         Task::SyncChassis => {
-            let changed = chassis::sync(repo_root(), &template_dirs(&matrix))?;
+            let changed = chassis::sync(repo_root(), &matrix.chassis_carriers(repo_root()))?;
             println!("{changed} chassis copies updated");
             Ok(true)
         }
@@ -157,14 +157,6 @@ fn install_tools(matrix: &Matrix) -> Result<Vec<CargoGenerate>> {
 }
 
 /// The folder of every template in the matrix.
-fn template_dirs(matrix: &Matrix) -> Vec<PathBuf> {
-    matrix
-        .templates
-        .iter()
-        .map(|t| repo_root().join("templates").join(&t.name))
-        .collect()
-}
-
 /// The collection's own tests, then the matrix.
 fn test_everything(matrix: &Matrix, full: bool, work_dir: &Path) -> Result<bool> {
     let releases = install_tools(matrix)?;

@@ -27,6 +27,9 @@ pub struct Template {
     pub name: String,
     /// Service arguments of the smoke run.
     pub smoke_args: Vec<String>,
+    /// Shared chassis parts this template carries on top of `chassis/`:
+    /// part `async` is the folder `chassis-async/`.
+    pub chassis_parts: Vec<String>,
     /// Axes multiplied into the product.
     pub axes: BTreeMap<String, Vec<String>>,
     /// Partial combinations removed from the product.
@@ -82,6 +85,8 @@ struct TemplateEntry {
     name: String,
     smoke_args: Vec<String>,
     #[serde(default)]
+    chassis_parts: Vec<String>,
+    #[serde(default)]
     axes: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     exclude: Vec<BTreeMap<String, String>>,
@@ -90,6 +95,18 @@ struct TemplateEntry {
 }
 
 impl Matrix {
+    /// Every template folder of the repository at `repo`, with the chassis
+    /// parts it carries.
+    pub fn chassis_carriers(&self, repo: &Path) -> Vec<crate::chassis::Carrier> {
+        self.templates
+            .iter()
+            .map(|t| crate::chassis::Carrier {
+                dir: repo.join("templates").join(&t.name),
+                parts: t.chassis_parts.clone(),
+            })
+            .collect()
+    }
+
     /// Path of the source of truth inside the repository.
     pub fn path(repo: &Path) -> PathBuf {
         repo.join("ci/matrix.toml")
@@ -111,6 +128,7 @@ impl Matrix {
                 Ok(Template {
                     name: entry.name,
                     smoke_args: entry.smoke_args,
+                    chassis_parts: entry.chassis_parts,
                     axes: entry.axes,
                     exclude: entry.exclude,
                     extra: entry.extra,
@@ -434,6 +452,7 @@ mod tests {
         Template {
             name: "t".to_owned(),
             smoke_args: vec![],
+            chassis_parts: vec![],
             axes: [("a", vec!["1", "2"]), ("b", vec!["x", "y", "z"])]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))

@@ -28,7 +28,7 @@ use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -66,7 +66,7 @@ pub fn max_in_flight(config: &Config) -> usize {
 /// cancelled and the queued items are drained (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
     let worker_count = config.topology.workers;
-    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, worker_count);
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, config.producers, worker_count);
     let workload = Arc::new(workload);
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
@@ -168,7 +168,10 @@ impl<W: Workload> Producer<W> {
             // the whole run, starving the signal listener, the timers and
             // every other task there. The pacer makes it yield now and then,
             // on either path.
-            pacer.step().await;
+            let due = pacer.count(1);
+            if due > 0 {
+                coop::spend(due).await;
+            }
         }
         tracing::debug!(produced, "producer finished");
     }

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::pipeline::Worker;
 use crate::supervisor::Supervisor;
 
@@ -61,6 +61,9 @@ async fn work<W: Workload>(mut worker: Worker<W>) {
         // anything, `recv_async` is ready every time and this loop would
         // never yield its runtime thread, starving the signal listener and
         // the timers. The pacer makes it yield now and then.
-        pacer.step().await;
+        let due = pacer.count(1);
+        if due > 0 {
+            coop::spend(due).await;
+        }
     }
 }

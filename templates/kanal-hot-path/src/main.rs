@@ -37,15 +37,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_PIPELINE_ERROR);
         }
     };
-    let report = pipeline::run(&config, DemoWorkload::new(&config), shutdown).await;
+    // The workload opens its input and output and binds its listener before
+    // the pipeline starts, so a bad path or a taken port is a configuration
+    // error with one line of explanation.
+    let workload = match DemoWorkload::new(&config) {
+        Ok(workload) => workload,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    let report = pipeline::run(&config, workload, shutdown).await;
 
     println!("{}", report.render(config.report));
-    let code = report.exit_code();
-    if report.drain_timed_out {
-        // Stages that outlived the deadline may still be running, and
-        // dropping the runtime would wait for them. Exit now instead.
-        let _ = std::io::stdout().flush();
-        std::process::exit(i32::from(code));
-    }
-    ExitCode::from(code)
+    // Exit here instead of returning: returning drops the runtime, which
+    // waits for its blocking threads and its tasks, so a read of stdin still
+    // waiting for a line, or a stage that outlived the drain deadline, would
+    // keep the process alive after the report.
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(report.exit_code()))
 }

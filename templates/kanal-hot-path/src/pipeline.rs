@@ -122,7 +122,7 @@ pub trait Workload: Send + Sync + 'static {
 /// Runs the pipeline until all `config.items` are handled or `shutdown` is
 /// cancelled and the queued items are drained (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, 1);
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, config.producers, 1);
     let workload = Arc::new(workload);
     // Producers look at the stop flag before every item; asking the token
     // itself would take its lock each time.

@@ -11,18 +11,19 @@
 //! the channel, or, after cancellation, when the producers have stopped and the
 //! consumer has drained what was already queued.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
+use crate::workload_api::{self, Source, Workload};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "mpsc-fan-in";
@@ -30,55 +31,42 @@ pub const TOPOLOGY: &str = "mpsc-fan-in";
 /// How many items the consumer takes out of the channel at once.
 pub const RECV_BATCH: usize = {% if batching %}256{% else %}1{% endif %};
 
-/// The most items the consumer holds outside the channel at any moment. Items
-/// in flight never exceed `capacity + MAX_HELD_BY_CONSUMER`.
-pub const MAX_HELD_BY_CONSUMER: usize = RECV_BATCH;
-
 /// The consumer samples the queue depth once per this many receives.
 const DEPTH_SAMPLE_EVERY: u64 = 64;
 
 /// Producers look at the cancellation token at least once per this many items,
-/// even when the channel never makes them wait.
+/// even when neither their source nor the channel makes them wait.
 const CANCEL_CHECK_EVERY: u64 = 64;
 
-/// Flags of this topology. A fan-in has one consumer, so it adds none.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TopologyArgs {}
-
-/// What the pipeline needs from the code it carries. Implemented by
-/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
-pub trait Workload: Send + Sync + 'static {
-    /// One unit of work travelling through the channel.
-    type Item: Send + 'static;
-
-    /// Creates item number `seq`. Each `seq` below `--items` is produced
-    /// exactly once, by one of the producers. It runs while holding a free
-    /// channel slot, so keep it cheap.
-    fn produce(&self, seq: u64) -> Self::Item;
-
-    /// Handles one item. An error is counted and logged, and the pipeline
-    /// goes on with the next item.
-    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+/// Flags of this topology: a fan-in has one consumer, so only the
+/// workload's own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Flags of the workload (`src/workload.rs`).
+    #[command(flatten)]
+    pub workload: crate::workload::WorkloadArgs,
 }
 
-/// Runs the pipeline until all `config.items` are handled or `shutdown` is
-/// cancelled and the queued items are drained (within `--drain-timeout`).
+/// The most items that can be produced but not yet finished at any moment:
+/// the channel's capacity, one item per producer waiting for a free slot
+/// (its source already made it), and what the consumer holds.
+pub const fn max_in_flight(capacity: usize, producers: usize) -> usize {
+    capacity + producers + RECV_BATCH
+}
+
+/// Runs the pipeline until every source has ended and its items are handled,
+/// or `shutdown` is cancelled and the queued items are drained (within
+/// `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, 1);
+    let producers = workload.producers();
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, 1);
     let workload = Arc::new(workload);
     let (tx, rx) = mpsc::channel::<W::Item>(config.capacity);
-    tracing::info!(
-        producers = config.producers,
-        capacity = config.capacity,
-        items = config.items,
-        "pipeline started"
-    );
+    tracing::info!(producers, capacity = config.capacity, "pipeline started");
 
-    for id in 0..config.producers {
+    for id in 0..producers {
         let producer = Producer {
             id,
-            stride: config.producers as u64,
-            items: config.items,
             tx: tx.clone(),
             workload: Arc::clone(&workload),
             counters: Arc::clone(supervisor.counters()),
@@ -94,15 +82,16 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
 
     let counters = Arc::clone(supervisor.counters());
     let span = tracing::info_span!("consumer");
-    supervisor.spawn_task("consumer".to_owned(), span, consume(rx, workload, counters));
-    supervisor.finish().await
+    let consumer = consume(rx, Arc::clone(&workload), counters);
+    supervisor.spawn_task("consumer".to_owned(), span, consumer);
+    let mut report = supervisor.finish().await;
+    workload_api::close(&*workload, &mut report).await;
+    report
 }
 
-/// One source task and everything it needs.
+/// One producer task and everything it needs.
 struct Producer<W: Workload> {
     id: usize,
-    stride: u64,
-    items: u64,
     tx: mpsc::Sender<W::Item>,
     workload: Arc<W>,
     counters: Arc<Counters>,
@@ -110,47 +99,83 @@ struct Producer<W: Workload> {
 }
 
 impl<W: Workload> Producer<W> {
-    /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
-    /// is reached, the run is cancelled or the consumer is gone.
-    async fn run(self) {
-        let slot = self.counters.producer(self.id);
+    /// Opens this producer's source and sends what it makes until it ends,
+    /// the run is cancelled or the consumer is gone. Fails when the source
+    /// cannot be opened.
+    async fn run(self) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
+        // Opening may wait (for a connection, say), so it is raced against
+        // cancellation; the workload's contract makes that safe.
+        let opened = tokio::select! {
+            opened = self.workload.open(self.id) => opened,
+            () = &mut cancelled => return Ok(()),
+        };
+        let Some(mut source) = opened.context("opening the source")? else {
+            return Ok(());
+        };
+        let slot = self.counters.producer(self.id);
         let mut pacer = Pacer::default();
-        let mut produced = 0u64;
-        let mut seq = self.id as u64;
-        while self.items == 0 || seq < self.items {
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        loop {
             if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
                 break;
             }
-            // Take a free slot before the item exists. `try_reserve` is the fast
-            // path while the channel has room. When it is full, wait for a slot
-            // while watching for cancellation: racing `send(item)` here instead
-            // would drop the item whenever cancellation won, but a permit holds
-            // no item, so losing the race loses nothing. `biased` polls the
-            // permit first; cancellation (a lock to poll) is only looked at
-            // while the producer has to wait anyway.
-            let permit = match self.tx.try_reserve() {
-                Ok(permit) => permit,
-                Err(TrySendError::Closed(())) => break,
-                Err(TrySendError::Full(())) => tokio::select! {
-                    biased;
-                    permit = self.tx.reserve() => match permit {
-                        Ok(permit) => permit,
-                        Err(_consumer_gone) => break,
-                    },
-                    () = &mut cancelled => break,
-                },
+            // The source may wait for input (a quiet client, an empty pipe),
+            // so it is raced against cancellation: a source that waits must
+            // not hold up shutdown, and the `Source` contract makes dropping
+            // its future safe. `biased` polls the source first, so a source
+            // with an item ready never pays for polling the token (a lock).
+            let next = tokio::select! {
+                biased;
+                next = source.next() => next,
+                () = &mut cancelled => break,
             };
-            permit.send(self.workload.produce(seq));
+            let item = match next {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(error) => {
+                    rejected += 1;
+                    slot.publish_rejected(rejected);
+                    input_rejected(&error);
+                    continue;
+                }
+            };
+            // From here the item is ours to deliver, so the send is never
+            // raced against cancellation: that would drop the item whenever
+            // cancellation won. It waits only while the channel is full, and
+            // the consumer keeps draining until every producer is gone, so
+            // the wait ends. `try_reserve` is the fast path while there is room.
+            let permit = match self.tx.try_reserve() {
+                Ok(permit) => Ok(permit),
+                Err(TrySendError::Full(())) => self.tx.reserve().await.map_err(drop),
+                Err(TrySendError::Closed(())) => Err(()),
+            };
+            let Ok(permit) = permit else {
+                // Only a consumer that failed drops the receiver. The item
+                // in hand goes down with it: counted as produced, it shows
+                // up in the report as lost.
+                slot.publish(produced + 1);
+                break;
+            };
+            permit.send(item);
             produced += 1;
             slot.publish(produced);
-            seq += self.stride;
-            // `try_reserve` succeeds without ever yielding while the channel
-            // has room, which with a large capacity may be for the whole run.
-            pacer.step().await;
+            // A source that is always ready and a channel with room never
+            // yield, which with a large capacity may be for the whole run.
+            let due = pacer.count(1);
+            if due > 0 {
+                coop::spend(due).await;
+            }
         }
-        tracing::debug!(produced, "producer finished");
+        tracing::debug!(produced, rejected, "producer finished");
+        Ok(())
     }
+}
+
+/// Logs an input the source could not read; kept off the hot loop.
+#[cold]
+fn input_rejected(error: &anyhow::Error) {
+    tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
 /// Drains the channel until every producer is gone and it is empty.

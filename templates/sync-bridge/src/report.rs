@@ -26,12 +26,16 @@ pub const EXIT_DRAIN_TIMEOUT: u8 = 3;
 pub struct Report {
     /// Which template produced this service, e.g. `mpsc-fan-in`.
     pub topology: &'static str,
-    /// Items that entered the channel.
+    /// Items the sources made: those that entered the channel, and the
+    /// inputs a source rejected.
     pub produced: u64,
     /// Items handled successfully.
     pub handled: u64,
-    /// Items whose handler returned an error.
+    /// Items whose handler returned an error, and inputs a source rejected.
     pub failed: u64,
+    /// The part of `failed` that a source rejected before it became an item:
+    /// a read error, an over-long or malformed line.
+    pub rejected: u64,
     /// Items not finished when the drain deadline passed.
     pub abandoned: u64,
     /// Items held by a stage that panicked or failed, or left in a channel
@@ -144,6 +148,7 @@ impl Report {
             ("produced", self.produced.to_string()),
             ("handled", self.handled.to_string()),
             ("failed", self.failed.to_string()),
+            ("rejected", self.rejected.to_string()),
             ("abandoned", self.abandoned.to_string()),
             ("lost", self.lost.to_string()),
             ("unaccounted", self.unaccounted.to_string()),
@@ -174,7 +179,7 @@ impl Report {
         let _ = write!(
             json,
             concat!(
-                r#""topology":"{}","produced":{},"handled":{},"failed":{},"#,
+                r#""topology":"{}","produced":{},"handled":{},"failed":{},"rejected":{},"#,
                 r#""abandoned":{},"lost":{},"unaccounted":{},"#,
                 r#""elapsed_secs":{},"items_per_sec":{},"peak_queue_depth":{},"#,
                 r#""handled_per_worker":{:?},"failed_stages":{},"stall_episodes":{},"#,
@@ -184,6 +189,7 @@ impl Report {
             self.produced,
             self.handled,
             self.failed,
+            self.rejected,
             self.abandoned,
             self.lost,
             self.unaccounted,
@@ -215,6 +221,7 @@ mod tests {
     fn totals(produced: u64, handled: u64, failed: u64) -> Totals {
         Totals {
             produced,
+            rejected: 0,
             handled,
             failed,
             handled_per_worker: vec![handled],
@@ -228,6 +235,7 @@ mod tests {
             produced: totals.produced,
             handled: totals.handled,
             failed: totals.failed,
+            rejected: totals.rejected,
             abandoned: balance.abandoned,
             lost: balance.lost,
             unaccounted: balance.unaccounted,
@@ -288,6 +296,7 @@ mod tests {
             "produced",
             "handled",
             "failed",
+            "rejected",
             "abandoned",
             "lost",
             "unaccounted",

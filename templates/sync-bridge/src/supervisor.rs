@@ -25,7 +25,7 @@ use crate::counters::{Counters, Totals};
 use crate::report::{Balance, Report, per_second};
 
 /// How a stage ended: `Err` describes a panic or an error.
-type StageEnd = Result<(), String>;
+pub type StageEnd = Result<(), String>;
 
 /// Runs the stages of one pipeline run and reports on them.
 pub struct Supervisor {
@@ -44,18 +44,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Prepares a run with counter slots for `config.producers` producers and
+    /// Prepares a run with counter slots for `producers` producers and
     /// `workers` workers. `shutdown` is the caller's request to stop.
     pub fn new(
         topology: &'static str,
         config: &Config,
         shutdown: CancellationToken,
+        producers: usize,
         workers: usize,
     ) -> Self {
         Self {
             topology,
             started: std::time::Instant::now(),
-            counters: Arc::new(Counters::new(config.producers, workers)),
+            counters: Arc::new(Counters::new(producers, workers)),
             // A failed stage stops the sources through this child token
             // without cancelling the caller's token.
             stop: shutdown.child_token(),
@@ -97,21 +98,26 @@ impl Supervisor {
         flag
     }
 
-    /// Runs `stage` as a task inside `span`. If it panics, the sources stop
-    /// and the run fails. The stop comes as the panic unwinds, after the
-    /// panic hook has printed it, so sources may make a few more items first:
-    /// they are drained and counted like any others.
+    /// Runs `stage` as a task inside `span`. If it panics or returns an
+    /// error, the sources stop and the run fails. After a panic the stop
+    /// comes as the panic unwinds, after the panic hook has printed it, so
+    /// sources may make a few more items first: they are drained and counted
+    /// like any others.
     pub fn spawn_task<F>(&mut self, name: String, span: tracing::Span, stage: F)
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: StageOutcome,
     {
         let stop = self.stop.clone();
         let handle = self.stages.spawn(async move {
             // A panic unwinds through this guard, which stops the sources so
             // the rest of the pipeline winds down instead of running on.
-            let _stop_sources_on_panic = StopOnPanic(stop);
-            stage.instrument(span).await;
-            Ok(())
+            let _stop_sources_on_panic = StopOnPanic(stop.clone());
+            let end = stage.instrument(span).await.into_end();
+            if end.is_err() {
+                stop.cancel();
+            }
+            end
         });
         self.names.insert(handle.id(), name);
     }
@@ -198,9 +204,12 @@ impl Supervisor {
         log_balance(&totals, &balance, drain_timed_out);
         Report {
             topology: self.topology,
-            produced: totals.produced,
+            // A rejected input never entered the channel, so the balance
+            // leaves it out; the report counts it as made and as failed.
+            produced: totals.produced + totals.rejected,
             handled: totals.handled,
-            failed: totals.failed,
+            failed: totals.failed + totals.rejected,
+            rejected: totals.rejected,
             abandoned: balance.abandoned,
             lost: balance.lost,
             unaccounted: balance.unaccounted,
@@ -229,6 +238,24 @@ impl Supervisor {
         let stage = self.names.get(&id).map_or("a stage", String::as_str);
         tracing::error!(stage, problem, "pipeline stage ended badly");
         true
+    }
+}
+
+/// What a stage task returns: nothing, or a result whose error fails the run.
+pub trait StageOutcome {
+    /// How the stage ended.
+    fn into_end(self) -> StageEnd;
+}
+
+impl StageOutcome for () {
+    fn into_end(self) -> StageEnd {
+        Ok(())
+    }
+}
+
+impl StageOutcome for anyhow::Result<()> {
+    fn into_end(self) -> StageEnd {
+        self.map_err(|error| format!("failed: {error:#}"))
     }
 }
 
@@ -289,6 +316,7 @@ fn log_balance(totals: &Totals, balance: &Balance, drain_timed_out: bool) {
         produced = totals.produced,
         handled = totals.handled,
         failed = totals.failed,
+        rejected = totals.rejected,
         handled_per_worker = ?totals.handled_per_worker,
         "pipeline finished"
     );
@@ -369,6 +397,7 @@ impl ProgressLine {
             produced = totals.produced,
             handled = totals.handled,
             failed = totals.failed,
+            rejected = totals.rejected,
             items_per_sec = rate.round() as u64,
             queue_depth,
             "progress"

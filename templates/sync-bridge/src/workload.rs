@@ -57,14 +57,16 @@ pub struct DemoWorkload {
 {% endif %}}
 
 impl DemoWorkload {
-    /// Builds the workload from the service configuration. It opens nothing:
-    /// files are opened on the pipeline's threads, where blocking is allowed.
-    pub fn new(config: &Config) -> Self {
-        Self {
+    /// Builds the workload from the service configuration. The demo opens
+    /// nothing here: its files are opened on the pipeline's threads, where
+    /// blocking is allowed. A workload that must connect or bind before the
+    /// run returns its error here, and `main` exits with code 2.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
             work: config.work(),
 {% if direction != "async-to-sync" %}            input: config.topology.input.clone().map(input::Lines::new),
 {% endif %}{% if direction != "sync-to-async" %}            output: config.topology.output.clone(),
-{% endif %}        }
+{% endif %}        })
     }
 
     /// Simulated async work. tokio's timer has millisecond resolution: a few

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
 use crate::config::Config;
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::{StopFlag, Supervisor};
@@ -48,7 +48,7 @@ pub fn max_in_flight(config: &Config) -> usize {
 /// every item, or until `shutdown` is cancelled and the queue is drained
 /// (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
-    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, 1);
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, config.producers, 1);
     let workload = Arc::new(workload);
     let (tx, rx) = flume::bounded::<Outcome<W::Output>>(config.capacity);
     tracing::info!(
@@ -130,7 +130,10 @@ impl<W: Workload> Producer<W> {
             // this loop would never yield its runtime thread, starving the
             // signal listener and the timers. The pacer makes it yield now
             // and then, after the item is sent, so a yield never holds one.
-            pacer.step().await;
+            let due = pacer.count(1);
+            if due > 0 {
+                coop::spend(due).await;
+            }
         }
         tracing::debug!(produced, "producer finished");
     }

@@ -16,7 +16,7 @@ use super::DEPTH_SAMPLE_EVERY;
 use super::sink::{self, BlockingSink, Outcome, OutputPath};
 use super::source::{self, BlockingSource, InputPath};
 use crate::config::{Config, task_count};
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -66,7 +66,7 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     let workers = config.topology.workers;
     // The sink is the one place where items finish, so it owns the only
     // worker slot; failures in the async stage travel to it as `None`.
-    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, 1);
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, config.producers, 1);
     let workload = Arc::new(workload);
     let (items_tx, items_rx) = flume::bounded::<W::Item>(config.capacity);
     let (results_tx, results_rx) = flume::bounded::<Outcome<W::Output>>(config.capacity);
@@ -139,6 +139,9 @@ async fn work<W: Workload>(
         // `process` that finishes without waiting this loop would never
         // yield its runtime thread, starving the signal listener and the
         // timers. The pacer makes it yield now and then.
-        pacer.step().await;
+        let due = pacer.count(1);
+        if due > 0 {
+            coop::spend(due).await;
+        }
     }
 }

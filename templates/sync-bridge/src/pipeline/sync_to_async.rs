@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::DEPTH_SAMPLE_EVERY;
 use super::source::{self, BlockingSource, InputPath};
 use crate::config::{Config, task_count};
-use crate::coop::Pacer;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -53,7 +53,7 @@ pub fn max_in_flight(config: &Config) -> usize {
 /// (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
     let workers = config.topology.workers;
-    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, workers);
+    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, config.producers, workers);
     let workload = Arc::new(workload);
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
@@ -116,6 +116,9 @@ async fn work<W: Workload>(
         // every time, and with a handler that finishes without waiting this
         // loop would never yield its runtime thread, starving the signal
         // listener and the timers. The pacer makes it yield now and then.
-        pacer.step().await;
+        let due = pacer.count(1);
+        if due > 0 {
+            coop::spend(due).await;
+        }
     }
 }

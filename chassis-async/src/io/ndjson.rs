@@ -1,0 +1,46 @@
+//! Writing records as NDJSON (one JSON document per line) to a file, with
+//! buffered async writes.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tokio::fs::File;
+use tokio::io::{AsyncWriteExt as _, BufWriter};
+use tokio::sync::Mutex;
+
+/// An NDJSON file shared by every worker. Writes go through one buffer, so
+/// the file sees large writes rather than one per record; a worker holds the
+/// lock only while it copies its line into the buffer (and, when the buffer
+/// is full, while the buffer is written out).
+#[derive(Debug)]
+pub struct NdjsonFile {
+    out: Mutex<BufWriter<File>>,
+}
+
+impl NdjsonFile {
+    /// Creates (or truncates) the file at `path`. Runs before the pipeline
+    /// starts, so a path that cannot be written is a start-up error.
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            out: Mutex::new(BufWriter::new(File::from_std(file))),
+        })
+    }
+
+    /// Appends one record, which must be a single line of JSON.
+    pub async fn write(&self, record: &str) -> anyhow::Result<()> {
+        debug_assert!(!record.contains('\n'), "an NDJSON record is one line");
+        let mut out = self.out.lock().await;
+        out.write_all(record.as_bytes()).await?;
+        out.write_all(b"\n").await?;
+        Ok(())
+    }
+
+    /// Writes out what is buffered and waits until the file has it.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let mut out = self.out.lock().await;
+        out.flush().await.context("flushing the output")?;
+        out.get_mut().sync_all().await.context("syncing the output")?;
+        Ok(())
+    }
+}

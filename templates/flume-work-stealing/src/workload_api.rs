@@ -1,0 +1,152 @@
+//! What the pipeline asks of the code it carries: a [`Source`] per producer,
+//! a handler for each item, and a last word once every item is done.
+//!
+//! The same API in every template with async workers (mpsc-fan-in,
+//! flume-work-stealing, kanal-hot-path), so `src/workload.rs` moves between
+//! them unchanged: measure, and if the channel turns out to be the
+//! bottleneck, switch the topology and keep your code.
+
+use std::future::Future;
+
+use crate::report::Report;
+
+/// The code a pipeline carries. Implemented by
+/// [`crate::workload::DemoWorkload`]; tests implement it to observe the
+/// pipeline.
+pub trait Workload: Send + Sync + 'static {
+    /// One unit of work travelling through the channel.
+    type Item: Send + 'static;
+    /// Where one producer gets its items from.
+    type Source: Source<Item = Self::Item>;
+
+    /// How many producers run at once, each reading a source of its own.
+    fn producers(&self) -> usize;
+
+    /// Opens the source of producer `producer` (counted from 0), once, when
+    /// the producer starts. `Ok(None)` means this producer has nothing to
+    /// read and ends at once; an error is logged and fails the run, like a
+    /// producer that panics.
+    ///
+    /// It is raced against shutdown: if a shutdown request comes while it
+    /// waits, the future is dropped and the producer ends.
+    fn open(
+        &self,
+        producer: usize,
+    ) -> impl Future<Output = anyhow::Result<Option<Self::Source>>> + Send;
+
+    /// Handles one item. An error is counted and logged, and the pipeline
+    /// goes on with the next item. It runs on the tokio runtime: await I/O
+    /// here, never block.
+    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Called once, after the last item has been handled (or abandoned at the
+    /// drain deadline): flush and close sinks here. An error fails the run.
+    fn close(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Where one producer gets its items from: a counter, a file, a connection,
+/// a consumer of some broker. Each producer owns its source, so it can hold
+/// a connection or a cursor without sharing it.
+pub trait Source: Send + 'static {
+    /// What the source makes.
+    type Item: Send + 'static;
+
+    /// The next item; `Ok(None)` at the end of input, which ends this
+    /// producer (the run ends when every producer has ended and the queue is
+    /// drained).
+    ///
+    /// An error means one input could not be read: a malformed record, an
+    /// over-long line, a read that failed. It is logged and counted as a
+    /// rejected (and so failed) item, and the producer calls `next` again.
+    /// A source that cannot go on after an error returns `Ok(None)` from
+    /// then on.
+    ///
+    /// **Cancel safety.** While it waits for input, this future is raced
+    /// against shutdown and dropped when the shutdown request comes first,
+    /// so a source waiting on a quiet socket never holds up the drain. It
+    /// must therefore be cancel safe: dropping it before it completes must
+    /// not lose input it has already read. Keep partial input in `self`,
+    /// not in locals of the future, and use cancel-safe reads (tokio's
+    /// `AsyncBufReadExt::fill_buf`, `TcpListener::accept`, a channel's
+    /// `recv`). Once it has returned an item, that item is the pipeline's
+    /// to deliver: it is never dropped.
+    fn next(&mut self) -> impl Future<Output = anyhow::Result<Option<Self::Item>>> + Send;
+}
+
+/// The numbers `first`, `first + stride`, `first + 2 * stride`, … below
+/// `end` (without end when `end` is 0). With `first` the producer's index
+/// and `stride` the number of producers, the producers share `0..end`
+/// between them, each number made exactly once: how the demo numbers its
+/// jobs, and a handy source for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbers {
+    next: u64,
+    stride: u64,
+    end: u64,
+}
+
+impl Numbers {
+    /// Producer `producer`'s share of `0..items` among `producers` producers.
+    pub fn share(producer: usize, producers: usize, items: u64) -> Self {
+        Self {
+            next: producer as u64,
+            stride: producers as u64,
+            end: items,
+        }
+    }
+
+    /// The next number of the share, if any is left.
+    #[inline]
+    pub fn next_number(&mut self) -> Option<u64> {
+        if self.end != 0 && self.next >= self.end {
+            return None;
+        }
+        let number = self.next;
+        self.next += self.stride;
+        Some(number)
+    }
+}
+
+impl Source for Numbers {
+    type Item = u64;
+
+    async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+        Ok(self.next_number())
+    }
+}
+
+/// Calls [`Workload::close`] at the end of a run and counts a failure as a
+/// failed stage, so the run exits non-zero when, say, the output could not
+/// be flushed.
+pub async fn close<W: Workload>(workload: &W, report: &mut Report) {
+    if let Err(error) = workload.close().await {
+        tracing::error!(error = format!("{error:#}"), "closing the workload failed");
+        report.failed_stages += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_number_once() {
+        let mut seen: Vec<u64> = (0..3)
+            .flat_map(|producer| {
+                let mut share = Numbers::share(producer, 3, 10);
+                std::iter::from_fn(move || share.next_number())
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_share_without_end_goes_on() {
+        let mut share = Numbers::share(1, 2, 0);
+        let first: Vec<u64> = std::iter::from_fn(|| share.next_number()).take(3).collect();
+        assert_eq!(first, [1, 3, 5]);
+    }
+}
