@@ -73,7 +73,11 @@ impl Job {
     pub fn to_ndjson(&self) -> String {
         match &self.line {
             // `serde_json` escapes the line; everything else is a number.
-            Some(line) => format!(r#"{{"id":{},"line":{}}}"#, self.id, serde_json::Value::from(&**line)),
+            Some(line) => format!(
+                r#"{{"id":{},"line":{}}}"#,
+                self.id,
+                serde_json::Value::from(&**line)
+            ),
             None => format!(r#"{{"id":{}}}"#, self.id),
         }
     }
@@ -90,8 +94,13 @@ pub struct DemoWorkload {
 
 /// Where the demo's items come from.
 enum Input {
-    Numbers { producers: usize, items: u64 },
-    Lines { reader: Mutex<Option<LineReader<Reader>>> },
+    Numbers {
+        producers: usize,
+        items: u64,
+    },
+    Lines {
+        reader: Mutex<Option<LineReader<Reader>>>,
+    },
     Listener(Arc<Listener>),
 }
 
@@ -106,12 +115,17 @@ impl DemoWorkload {
         let args = &config.topology.workload;
         let max_line_bytes = usize::try_from(args.max_line_bytes)?;
         let input = if let Some(addr) = args.listen {
-            Input::Listener(Arc::new(Listener::bind(addr, args.max_connections, max_line_bytes)?))
+            Input::Listener(Arc::new(Listener::bind(
+                addr,
+                args.max_connections,
+                max_line_bytes,
+            )?))
         } else if let Some(path) = &args.input {
             let reader: Reader = if path.as_os_str() == "-" {
                 Box::new(tokio::io::stdin())
             } else {
-                let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
                 Box::new(tokio::fs::File::from_std(file))
             };
             Input::Lines {
@@ -159,7 +173,9 @@ impl Workload for DemoWorkload {
             }
             Input::Lines { reader } => {
                 let reader = reader.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let Some(reader) = reader else { return Ok(None) };
+                let Some(reader) = reader else {
+                    return Ok(None);
+                };
                 DemoSource::Lines {
                     reader,
                     ids: Arc::clone(&self.lines_read),
@@ -229,7 +245,9 @@ impl Source for DemoSource {
                     Err(anyhow::Error::new(error).context("reading the input"))
                 }
             },
-            Self::Clients { connections, ids } => Ok(Some(line_job(ids, connections.next_line().await?))),
+            Self::Clients { connections, ids } => {
+                Ok(Some(line_job(ids, connections.next_line().await?)))
+            }
             Self::Ended => Ok(None),
         }
     }

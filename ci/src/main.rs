@@ -156,7 +156,6 @@ fn install_tools(matrix: &Matrix) -> Result<Vec<CargoGenerate>> {
         .collect()
 }
 
-/// The folder of every template in the matrix.
 /// The collection's own tests, then the matrix.
 fn test_everything(matrix: &Matrix, full: bool, work_dir: &Path) -> Result<bool> {
     let releases = install_tools(matrix)?;

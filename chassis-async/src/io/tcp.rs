@@ -39,8 +39,13 @@ impl Listener {
     /// Binds `addr` for at most `max_connections` clients at once, each line
     /// at most `max_line_bytes` long. Binding happens here, before the
     /// pipeline starts, so an address in use is a start-up error.
-    pub fn bind(addr: SocketAddr, max_connections: usize, max_line_bytes: usize) -> anyhow::Result<Self> {
-        let socket = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    pub fn bind(
+        addr: SocketAddr,
+        max_connections: usize,
+        max_line_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let socket = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr}"))?;
         socket.set_nonblocking(true)?;
         let socket = TcpListener::from_std(socket)?;
         tracing::info!(addr = %socket.local_addr()?, max_connections, "listening");

@@ -1,6 +1,6 @@
 //! Throughput of the template's pipeline next to bare work-stealing loops of
-//! the same shape: 1 producer task, a channel of capacity 64, 4 spawned
-//! consumers that share one receiver. The gap to "bare flume, 4 tasks" is what
+//! the same shape: 1 producer task (the demo's counter source), a channel of
+//! capacity 64, 4 spawned consumers that share one receiver. The gap to "bare flume, 4 tasks" is what
 //! the scaffold costs; "bare flume, 4 threads" shows what OS-thread workers
 //! cost on this channel; async-channel and kanal show what another channel
 //! crate would give for this shape.
@@ -33,7 +33,8 @@ fn runtime() -> Runtime {
 }
 
 async fn template_pipeline(config: &Config) -> u64 {
-    let report = pipeline::run(config, DemoWorkload::new(config), CancellationToken::new()).await;
+    let workload = DemoWorkload::new(config).expect("the demo workload needs no files here");
+    let report = pipeline::run(config, workload, CancellationToken::new()).await;
     report.handled
 }
 

@@ -1,9 +1,16 @@
-//! A service built around flume work-stealing: async producers feed one
-//! bounded `flume` channel, and a pool of workers, each holding a clone of the
-//! receiver, takes items off it as they become free.
+//! A service built around flume work-stealing: async producers, each reading
+//! a source of its own, feed one bounded `flume` channel, and a pool of
+//! workers, each holding a clone of the receiver, takes items off it as they
+//! become free.
 //!
 //! Where things live:
-//! - [`workload`]: your item type and handler; the one module to edit.
+//! - [`workload`]: your item type, sources and handler; the one module to
+//!   edit. The same file works unchanged in every Conveyor template with
+//!   async workers, and for both worker kinds here.
+//! - [`workload_api`]: what the pipeline asks of a workload, the same in
+//!   every Conveyor template with async workers.
+//! - [`io`]: example sources and sinks (lines from files, stdin and TCP
+//!   clients; NDJSON output) to copy from.
 //! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
 //! - [`workers`]: how one worker runs, as an async task or an OS thread,
 //!   whichever kind this project was generated with.
@@ -14,6 +21,7 @@
 pub mod config;
 pub mod coop;
 pub mod counters;
+pub mod io;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;
@@ -21,3 +29,4 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod workers;
 pub mod workload;
+pub mod workload_api;

@@ -1,19 +1,21 @@
-//! The topology: `--producers` async tasks feed one bounded `flume` channel,
-//! and `--workers` workers each hold a clone of its receiver. Whichever worker
-//! is free takes the next item, so one slow item never holds up the others.
+//! The topology: `--producers` async tasks, each reading a source of its
+//! own, feed one bounded `flume` channel, and `--workers` workers each hold a
+//! clone of its receiver. Whichever worker is free takes the next item, so
+//! one slow item never holds up the others.
 //!
 //! ```text
-//! producer 0 ─┐                          ┌─▶ worker 0 ─▶ Workload::handle
-//! producer 1 ─┼─▶ [ flume, capacity N ] ─┼─▶ worker 1 ─▶ Workload::handle
-//! producer … ─┘                          └─▶ worker … ─▶ Workload::handle
+//! producer 0 (Source) ─┐                          ┌─▶ worker 0 ─▶ Workload::handle
+//! producer 1 (Source) ─┼─▶ [ flume, capacity N ] ─┼─▶ worker 1 ─▶ Workload::handle
+//! producer … (Source) ─┘                          └─▶ worker … ─▶ Workload::handle
 //! ```
 //!
 //! How a worker runs (async task or OS thread) lives in [`crate::workers`];
-//! everything here is the same for both kinds.
+//! everything here is the same for both kinds, and so is the workload: both
+//! kinds run the same [`Workload`] from `src/workload.rs`.
 //!
-//! The run ends when every producer has finished and the workers have drained
-//! the channel. Cancellation only stops the producers: once the last `Sender`
-//! is gone the channel disconnects, and each worker's receive returns an error
+//! The run ends when every source has ended and the workers have drained the
+//! channel. Cancellation only stops the producers: once the last `Sender` is
+//! gone the channel disconnects, and each worker's receive returns an error
 //! after the queue is empty. Workers never watch the token themselves. A
 //! stage that fails stops the producers the same way (the supervisor cancels
 //! their stop token), and the remaining workers drain what is queued.
@@ -22,8 +24,10 @@
 //! report belong to [`crate::supervisor`]; this module holds only the
 //! channel, the stages and their loops.
 
+use std::pin::pin;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
@@ -33,48 +37,54 @@ use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
-
-pub use crate::workers::Workload;
+use crate::workload_api::{self, Source, Workload};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "flume-work-stealing";
 
-/// Producers look at the cancellation token at least once per this many items,
+/// Producers look at the cancellation token at least once per this many
+/// items, even when neither their source nor the channel makes them wait,
 /// and after every send that had to wait for a free slot.
 const CANCEL_CHECK_EVERY: u64 = 64;
 
 /// Each worker samples the queue depth once per this many items.
 const DEPTH_SAMPLE_EVERY: u64 = 64;
 
-/// Flags of this topology.
+/// Flags of this topology, and those of the workload.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopologyArgs {
     /// Workers taking items off the channel, each one {% if worker_kind == "tasks" %}an async task{% else %}an OS thread{% endif %}.
     #[arg(long, value_name = "N", default_value = "4", value_parser = crate::config::task_count, allow_negative_numbers = true)]
     pub workers: usize,
+
+    /// Flags of the workload (`src/workload.rs`).
+    #[command(flatten)]
+    pub workload: crate::workload::WorkloadArgs,
 }
 
 /// The most items that can be produced but not yet finished at any moment:
-/// the channel's capacity, one item per producer waiting in `send_async` for a
-/// free slot (flume keeps a waiting sender's item outside the queue), and one
-/// item in the hands of each worker.
-pub fn max_in_flight(config: &Config) -> usize {
-    config.capacity + config.producers + config.topology.workers
+/// the channel's capacity, one item per producer waiting in `send_async` for
+/// a free slot (its source already made it, and flume keeps a waiting
+/// sender's item outside the queue), and one item in the hands of each
+/// worker.
+pub const fn max_in_flight(capacity: usize, producers: usize, workers: usize) -> usize {
+    capacity + producers + workers
 }
 
-/// Runs the pipeline until all `config.items` are handled or `shutdown` is
-/// cancelled and the queued items are drained (within `--drain-timeout`).
+/// Runs the pipeline until every source has ended and its items are handled,
+/// or `shutdown` is cancelled and the queued items are drained (within
+/// `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+    let producers = workload.producers();
     let worker_count = config.topology.workers;
-    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, config.producers, worker_count);
+    let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, worker_count);
     let workload = Arc::new(workload);
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
-        producers = config.producers,
+        producers,
         workers = worker_count,
         worker_kind = workers::KIND,
         capacity = config.capacity,
-        items = config.items,
         "pipeline started"
     );
 
@@ -92,11 +102,9 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     // must go now, or producers would wait forever for a slot nobody frees.
     drop(rx);
 
-    for id in 0..config.producers {
+    for id in 0..producers {
         let producer = Producer {
             id,
-            stride: config.producers as u64,
-            items: config.items,
             tx: tx.clone(),
             workload: Arc::clone(&workload),
             counters: Arc::clone(supervisor.counters()),
@@ -110,14 +118,14 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
     // wait forever for items that never come.
     drop(tx);
 
-    supervisor.finish().await
+    let mut report = supervisor.finish().await;
+    workload_api::close(&*workload, &mut report).await;
+    report
 }
 
-/// One source task and everything it needs.
+/// One producer task and everything it needs.
 struct Producer<W: Workload> {
     id: usize,
-    stride: u64,
-    items: u64,
     tx: flume::Sender<W::Item>,
     workload: Arc<W>,
     counters: Arc<Counters>,
@@ -125,37 +133,76 @@ struct Producer<W: Workload> {
 }
 
 impl<W: Workload> Producer<W> {
-    /// Produces items `id`, `id + stride`, `id + 2 * stride`, … until the quota
-    /// is reached, the run is cancelled or every worker is gone.
-    async fn run(self) {
+    /// Opens this producer's source and sends what it makes until it ends,
+    /// the run is cancelled or every worker is gone. Fails when the source
+    /// cannot be opened.
+    async fn run(self) -> anyhow::Result<()> {
+        let mut cancelled = pin!(self.stop.cancelled());
+        // Opening may wait (for a connection, say), so it is raced against
+        // cancellation; the workload's contract makes that safe.
+        let opened = tokio::select! {
+            opened = self.workload.open(self.id) => opened,
+            () = &mut cancelled => return Ok(()),
+        };
+        let Some(mut source) = opened.context("opening the source")? else {
+            return Ok(());
+        };
         let slot = self.counters.producer(self.id);
         let mut pacer = Pacer::default();
-        let mut produced = 0u64;
-        let mut seq = self.id as u64;
-        while self.items == 0 || seq < self.items {
-            if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        loop {
+            if (produced + rejected).is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
                 break;
             }
-            let item = self.workload.produce(seq);
-            // `try_send` is the fast path while the channel has room. When it
-            // is full, `send_async` waits for a slot, and that wait is never
-            // raced against cancellation in `select!`: flume keeps a waiting
-            // sender's item inside the send future, so dropping the future
-            // either drops the item or, if a worker took it a moment before,
-            // delivers it without telling us. Both break the accounting. The
-            // wait ends as soon as a worker frees a slot, which workers keep
-            // doing until the channel is empty, so it cannot hang a shutdown.
-            let waited = match self.tx.try_send(item) {
-                Ok(()) => false,
-                Err(TrySendError::Full(item)) => match self.tx.send_async(item).await {
-                    Ok(()) => true,
-                    Err(_every_worker_gone) => break,
-                },
-                Err(TrySendError::Disconnected(_)) => break,
+            // The source may wait for input (a quiet client, an empty pipe),
+            // so it is raced against cancellation: a source that waits must
+            // not hold up shutdown, and the `Source` contract makes dropping
+            // its future safe. `biased` polls the source first, so a source
+            // with an item ready never pays for polling the token (a lock).
+            let next = tokio::select! {
+                biased;
+                next = source.next() => next,
+                () = &mut cancelled => break,
+            };
+            let item = match next {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(error) => {
+                    rejected += 1;
+                    slot.publish_rejected(rejected);
+                    input_rejected(&error);
+                    // A source that rejects input after input without
+                    // waiting must not keep its runtime thread either.
+                    let due = pacer.count(1);
+                    if due > 0 {
+                        coop::spend(due).await;
+                    }
+                    continue;
+                }
+            };
+            // From here the item is ours to deliver. `try_send` is the fast
+            // path while the channel has room. When it is full, `send_async`
+            // waits for a slot, and that wait is never raced against
+            // cancellation in `select!`: flume keeps a waiting sender's item
+            // inside the send future, so dropping the future either drops the
+            // item or, if a worker took it a moment before, delivers it
+            // without telling us. Both break the accounting. The wait ends as
+            // soon as a worker frees a slot, which workers keep doing until
+            // the channel is empty, so it cannot hang a shutdown.
+            let sent = match self.tx.try_send(item) {
+                Ok(()) => Ok(false),
+                Err(TrySendError::Full(item)) => self.tx.send_async(item).await.map(|()| true),
+                Err(TrySendError::Disconnected(item)) => Err(flume::SendError(item)),
+            };
+            let Ok(waited) = sent else {
+                // Only workers that all failed drop every receiver. The item
+                // in hand goes down with them: counted as produced, it shows
+                // up in the report as lost.
+                slot.publish(produced + 1);
+                break;
             };
             produced += 1;
             slot.publish(produced);
-            seq += self.stride;
             // Having waited anyway, look at cancellation right away, so a
             // cancelled producer sends at most the one item it held.
             if waited && self.stop.is_cancelled() {
@@ -164,17 +211,24 @@ impl<W: Workload> Producer<W> {
             // flume takes no part in tokio's cooperative budget: `try_send`
             // succeeds without ever yielding while the channel has room, and
             // `send_async` need not wait either when a worker frees a slot
-            // just in time. A producer would then keep its runtime thread for
-            // the whole run, starving the signal listener, the timers and
-            // every other task there. The pacer makes it yield now and then,
-            // on either path.
+            // just in time. With a source that is always ready, a producer
+            // would then keep its runtime thread for the whole run, starving
+            // the signal listener, the timers and every other task there.
+            // The pacer makes it yield now and then, on either path.
             let due = pacer.count(1);
             if due > 0 {
                 coop::spend(due).await;
             }
         }
-        tracing::debug!(produced, "producer finished");
+        tracing::debug!(produced, rejected, "producer finished");
+        Ok(())
     }
+}
+
+/// Logs an input the source could not read; kept off the hot loop.
+#[cold]
+fn input_rejected(error: &anyhow::Error) {
+    tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
 /// What every worker carries, whatever its kind: its receiver clone, the

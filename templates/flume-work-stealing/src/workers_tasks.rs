@@ -4,36 +4,21 @@
 //!
 //! Each worker is a task that loops on `recv_async` over its receiver clone
 //! and awaits [`Workload::handle`]. Everything here runs on the runtime, so
-//! nothing may block: a blocking `send`/`recv` or a long computation would
-//! stall every other task on that runtime thread, and on a `current_thread`
-//! runtime it deadlocks the whole pipeline
-//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves it does not).
-
-use std::future::Future;
+//! nothing may block, the handler included: a blocking `send`/`recv`, a
+//! blocking client library or a long computation would stall every other
+//! task on that runtime thread, and on a `current_thread` runtime it
+//! deadlocks the whole pipeline
+//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves the pipeline
+//! itself does not). A handler that has to block or compute for long belongs
+//! in a project generated with `-d worker_kind=threads`.
 
 use crate::coop::{self, Pacer};
 use crate::pipeline::Worker;
 use crate::supervisor::Supervisor;
+use crate::workload_api::Workload;
 
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "tasks";
-
-/// What the pipeline needs from the code it carries. Implemented by
-/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
-pub trait Workload: Send + Sync + 'static {
-    /// One unit of work travelling through the channel.
-    type Item: Send + 'static;
-
-    /// Creates item number `seq`. Each `seq` below `--items` is produced
-    /// exactly once, by one of the producer tasks. It runs on the runtime, so
-    /// keep it cheap and never block in it.
-    fn produce(&self, seq: u64) -> Self::Item;
-
-    /// Handles one item, on whichever worker task took it. It runs on the
-    /// runtime: await I/O here, never block. An error is counted and logged,
-    /// and the worker goes on with the next item.
-    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
 
 /// Starts one worker task under the supervisor, which joins it and reports a
 /// panic. Spawning a task cannot fail.

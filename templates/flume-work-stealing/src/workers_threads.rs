@@ -2,37 +2,34 @@
 //! kind when handling an item is CPU-bound work, or calls a blocking library,
 //! that must stay off the tokio runtime.
 //!
-//! Each worker is a `std::thread` that loops on the blocking `recv` over its
-//! receiver clone and calls [`Workload::handle`]. The producers stay async
-//! tasks and use `send_async`: the same flume channel has a blocking end and
-//! an async end, and nothing blocking ever runs on the runtime
-//! (`tests/pipeline.rs::nothing_blocks_the_runtime` proves it). The
-//! supervisor never joins a thread: each reports its end through a channel,
-//! so waiting for the workers never blocks the runtime either.
+//! Each worker is a `std::thread` of its own. It loops on the blocking
+//! `recv` over its receiver clone and runs [`Workload::handle`], the same
+//! async handler the task workers await, to completion on that thread with
+//! [`tokio::runtime::Handle::block_on`]. The thread belongs to the worker
+//! alone, so a handler may block or compute for as long as it likes: it holds
+//! up only its own worker, never the runtime. It may still await tokio I/O
+//! and timers, which the runtime's own threads drive. (The same handler in
+//! mpsc-fan-in or kanal-hot-path, or in a project generated with
+//! `worker_kind=tasks`, runs on the runtime and must not block.)
+//!
+//! Inside the handler the runtime's context is entered, as in any async code:
+//! calling `block_on` again, or starting and dropping a tokio runtime of its
+//! own (as some blocking clients do), panics there. Use the async API of
+//! such a library instead, or hand the call to a thread of your own.
+//!
+//! The producers stay async tasks and use `send_async`: the same flume
+//! channel has a blocking end and an async end, and nothing blocking ever
+//! runs on the runtime (`tests/pipeline.rs::nothing_blocks_the_runtime`
+//! proves it, with a handler that blocks its thread). The supervisor never
+//! joins a thread: each reports its end through a channel, so waiting for
+//! the workers never blocks the runtime either.
 
 use crate::pipeline::Worker;
 use crate::supervisor::Supervisor;
+use crate::workload_api::Workload;
 
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "threads";
-
-/// What the pipeline needs from the code it carries. Implemented by
-/// [`crate::workload::DemoWorkload`]; tests implement it to observe the pipeline.
-pub trait Workload: Send + Sync + 'static {
-    /// One unit of work travelling through the channel.
-    type Item: Send + 'static;
-
-    /// Creates item number `seq`. Each `seq` below `--items` is produced
-    /// exactly once, by one of the producer tasks. It runs on the tokio
-    /// runtime, so keep it cheap and never block in it.
-    fn produce(&self, seq: u64) -> Self::Item;
-
-    /// Handles one item, on whichever worker thread took it. It runs outside
-    /// the runtime, so it may block and compute as long as it needs (there is
-    /// no `.await` here). An error is counted and logged, and the worker goes
-    /// on with the next item.
-    fn handle(&self, item: Self::Item) -> anyhow::Result<()>;
-}
 
 /// Starts one worker thread, named `worker-<id>`, under the supervisor. If
 /// the operating system refuses the thread, the supervisor counts a failed
@@ -40,8 +37,13 @@ pub trait Workload: Send + Sync + 'static {
 pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor) {
     let id = worker.id;
     let span = tracing::info_span!("worker", id);
+    // The handle of the runtime `run` is on: the handler's timers and I/O
+    // are registered with it, and its threads drive them.
+    let runtime = tokio::runtime::Handle::current();
     supervisor.spawn_thread(format!("worker-{id}"), move || {
-        span.in_scope(|| work(worker));
+        // One `block_on` for the whole loop rather than one per item:
+        // entering the runtime takes a lock shared by every worker.
+        span.in_scope(|| runtime.block_on(work(worker)));
         Ok(())
     });
 }
@@ -49,12 +51,15 @@ pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor)
 /// Takes items until the channel is empty and every sender is gone. A thread
 /// cannot be cancelled; it ends because shutdown closes the channel: the
 /// producers stop and drop their senders, and `recv` returns `Err` once the
-/// queue is drained. The blocking `recv` parks this thread only, never the
-/// runtime, so it needs no cooperative yields.
-fn work<W: Workload>(mut worker: Worker<W>) {
+/// queue is drained.
+///
+/// This future runs only on its own thread, under `block_on`, so the
+/// blocking `recv` parks this thread and nothing else, and the loop needs no
+/// cooperative yields: there are no other tasks on this thread to starve.
+async fn work<W: Workload>(mut worker: Worker<W>) {
     while let Ok(item) = worker.rx.recv() {
         worker.took_item();
-        let outcome = worker.workload.handle(item);
+        let outcome = worker.workload.handle(item).await;
         worker.finished(outcome);
     }
 }

@@ -7,6 +7,7 @@
 //! bottleneck, switch the topology and keep your code.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::report::Report;
 
@@ -43,6 +44,32 @@ pub trait Workload: Send + Sync + 'static {
     /// drain deadline): flush and close sinks here. An error fails the run.
     fn close(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
+    }
+}
+
+/// A shared workload is a workload, so a caller can keep a handle on the
+/// one a pipeline runs (to read its state afterwards, say).
+impl<W: Workload> Workload for Arc<W> {
+    type Item = W::Item;
+    type Source = W::Source;
+
+    fn producers(&self) -> usize {
+        (**self).producers()
+    }
+
+    fn open(
+        &self,
+        producer: usize,
+    ) -> impl Future<Output = anyhow::Result<Option<Self::Source>>> + Send {
+        (**self).open(producer)
+    }
+
+    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send {
+        (**self).handle(item)
+    }
+
+    fn close(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        (**self).close()
     }
 }
 

@@ -17,15 +17,16 @@ use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use {{crate_name}}::config::Config;
-use {{crate_name}}::pipeline::{self, Workload};
+use {{crate_name}}::pipeline;
 use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
+use {{crate_name}}::workload_api::{Numbers, Source, Workload};
 
 use support::{runtime, within};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
-    /// Calls to `produce`: the ground truth of how many items exist.
+    /// Items the sources returned: the ground truth of how many items exist.
     produced: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every produced item.
     produced_checksum: AtomicU64,
@@ -36,49 +37,104 @@ struct Observed {
     checksum: AtomicU64,
     /// The most items produced but not yet finished at any moment.
     max_in_flight: AtomicU64,
+    /// Calls to `close`.
+    closed: AtomicU64,
+    /// `finished` when `close` was called.
+    finished_at_close: AtomicU64,
 }
 
-/// A test workload: items are sequence numbers; handling can be slow, fail or
-/// panic on request.
+/// A test workload: items are sequence numbers, `--items` of them shared by
+/// `--producers` sources; handling can be slow, fail or panic on request.
 #[derive(Debug, Clone, Default)]
 struct Probe {
     seen: Arc<Observed>,
+    producers: usize,
+    items: u64,
     work: Duration,
     fail_every: Option<u64>,
     /// `handle` panics on this item.
     panic_at: Option<u64>,
     /// `handle` panics on every item from this one on.
     panic_from: Option<u64>,
-    /// `produce` panics on this item.
-    produce_panics_at: Option<u64>,
+    /// The source panics instead of returning this item.
+    source_panics_at: Option<u64>,
+    /// The source rejects (returns `Err` for) every number that is a
+    /// multiple of this one, instead of returning it as an item.
+    reject_every: Option<u64>,
     /// Item that takes `slow_work` instead of `work`.
     slow_item: Option<(u64, Duration)>,
 }
 
-impl Workload for Probe {
+impl Probe {
+    /// This probe, making the items `config` asks for.
+    fn sized(&self, config: &Config) -> Self {
+        Self {
+            producers: config.producers,
+            items: config.items,
+            ..self.clone()
+        }
+    }
+}
+
+/// A probe's source: its producer's share of the numbers, each one recorded
+/// as it is made.
+struct ProbeSource {
+    numbers: Numbers,
+    probe: Probe,
+}
+
+impl Source for ProbeSource {
     type Item = u64;
 
-    fn produce(&self, seq: u64) -> u64 {
+    async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+        let Some(seq) = self.numbers.next_number() else {
+            return Ok(None);
+        };
         assert_ne!(
             Some(seq),
-            self.produce_panics_at,
-            "test producer panics on item {seq}"
+            self.probe.source_panics_at,
+            "test source panics on item {seq}"
         );
-        let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
-        self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
+        if self
+            .probe
+            .reject_every
+            .is_some_and(|every| seq.is_multiple_of(every))
+        {
+            anyhow::bail!("test source rejects input {seq}");
+        }
+        let seen = &self.probe.seen;
+        let produced = seen.produced.fetch_add(1, SeqCst) + 1;
+        seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // Other items may finish between the two reads, so this can only
         // underestimate; the bound check stays sound.
-        let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
-        self.seen.max_in_flight.fetch_max(in_flight, SeqCst);
-        seq
+        let in_flight = produced.saturating_sub(seen.finished.load(SeqCst));
+        seen.max_in_flight.fetch_max(in_flight, SeqCst);
+        Ok(Some(seq))
+    }
+}
+
+impl Workload for Probe {
+    type Item = u64;
+    type Source = ProbeSource;
+
+    fn producers(&self) -> usize {
+        self.producers
     }
 
-    {% if worker_kind == "tasks" %}async {% endif %}fn handle(&self, seq: u64) -> anyhow::Result<()> {
+    async fn open(&self, producer: usize) -> anyhow::Result<Option<ProbeSource>> {
+        Ok(Some(ProbeSource {
+            numbers: Numbers::share(producer, self.producers, self.items),
+            probe: self.clone(),
+        }))
+    }
+
+    async fn handle(&self, seq: u64) -> anyhow::Result<()> {
         let work = match self.slow_item {
             Some((slow, work)) if slow == seq => work,
             _ => self.work,
         };
         if !work.is_zero() {
+            // {% if worker_kind == "tasks" %}Task workers run the handler on the runtime: it waits without blocking.{% else %}Worker threads run the handler on a thread of its own, so it may block: the tests then also show that a blocking handler holds up nothing on the runtime.{% endif %}
             {% if worker_kind == "tasks" %}tokio::time::sleep(work).await;{% else %}std::thread::sleep(work);{% endif %}
         }
         if self.panic_at == Some(seq) || self.panic_from.is_some_and(|from| seq >= from) {
@@ -92,6 +148,13 @@ impl Workload for Probe {
             anyhow::bail!("test handler rejects item {seq}");
         }
         self.seen.checksum.fetch_add(mix(seq), SeqCst);
+        Ok(())
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        self.seen.closed.fetch_add(1, SeqCst);
+        let finished = self.seen.finished.load(SeqCst);
+        self.seen.finished_at_close.store(finished, SeqCst);
         Ok(())
     }
 }
@@ -145,7 +208,13 @@ fn cancel_after(delay: Duration, probe: &Probe) -> (CancellationToken, Arc<AtCan
 }
 
 async fn run(config: &Config, probe: &Probe) -> Report {
-    pipeline::run(config, probe.clone(), CancellationToken::new()).await
+    run_until(config, probe, CancellationToken::new()).await
+}
+
+/// Runs the pipeline with `probe` making the items `config` asks for, until
+/// they are handled or `shutdown` is cancelled.
+async fn run_until(config: &Config, probe: &Probe, shutdown: CancellationToken) -> Report {
+    pipeline::run(config, probe.sized(config), shutdown).await
 }
 
 /// Runs the future `test` makes on a fresh multi-thread runtime (two
@@ -204,12 +273,22 @@ proptest! {
 /// forever and the deadline would pass.
 #[test]
 fn ends_by_itself_when_producers_finish() {
-    let report = on_runtime(Duration::from_secs(30), || async {
-        let mut config = config(4, 4, 8, 50_000);
-        config.progress_secs = 1; // The progress task must not hold the channel open either.
-        run(&config, &Probe::default()).await
+    let probe = Probe::default();
+    let report = on_runtime(Duration::from_secs(30), {
+        let probe = probe.clone();
+        || async move {
+            let mut config = config(4, 4, 8, 50_000);
+            config.progress_secs = 1; // The progress task must not hold the channel open either.
+            run(&config, &probe).await
+        }
     });
     assert_eq!(report.handled, 50_000);
+    assert_eq!(probe.seen.closed.load(SeqCst), 1, "close is called once");
+    assert_eq!(
+        probe.seen.finished_at_close.load(SeqCst),
+        50_000,
+        "close comes after the last item"
+    );
 }
 
 /// Slow workers throttle the producers: items in flight never exceed the
@@ -228,7 +307,7 @@ fn in_flight_items_stay_within_the_bound() {
     });
 
     let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
-    let bound = pipeline::max_in_flight(&config) as u64;
+    let bound = pipeline::max_in_flight(config.capacity, 8, 3) as u64;
     assert!(
         max_in_flight <= bound,
         "{max_in_flight} items in flight, bound {bound}"
@@ -278,7 +357,7 @@ fn cancel_stops_producers_and_drains_the_queue() {
         let probe = probe.clone();
         move || async move {
             let (shutdown, at_cancel) = cancel_after(Duration::from_millis(100), &probe);
-            let report = pipeline::run(&config, probe, shutdown).await;
+            let report = run_until(&config, &probe, shutdown).await;
             (report, at_cancel)
         }
     });
@@ -322,7 +401,7 @@ fn cancellation_under_load_never_loses_an_item() {
             let probe = probe.clone();
             move || async move {
                 let (shutdown, _) = cancel_after(Duration::from_millis(cancel_after_ms), &probe);
-                pipeline::run(&config(8, 4, 2, 0), probe, shutdown).await
+                run_until(&config(8, 4, 2, 0), &probe, shutdown).await
             }
         });
 
@@ -343,7 +422,8 @@ fn cancellation_under_load_never_loses_an_item() {
 /// The flume hazard: a blocking `send` or `recv` in async code holds the
 /// runtime thread. On a `current_thread` runtime with capacity 1, a blocking
 /// call in a producer or an async worker deadlocks the pipeline; with thread
-/// workers, a blocking producer stalls every other task. The pipeline runs
+/// workers, a blocking producer stalls every other task{% if worker_kind == "threads" %} (and the handler,
+/// which blocks its worker thread here, must not reach the runtime){% endif %}. The pipeline runs
 /// under a deadline kept outside its runtime (a deadlocked runtime cannot
 /// fire its own timeout), next to a heartbeat task that must keep ticking
 /// while items flow.
@@ -455,6 +535,8 @@ fn a_panicking_worker_stops_the_producers_and_the_others_drain() {
 /// the last `Receiver` wakes it. Slow handlers let the producers fill the
 /// channel and wait before the workers panic, so if `run` kept a `Receiver`
 /// alive, the producers would wait forever and the deadline would pass.
+/// The item each waiting producer holds when its send fails goes down with
+/// the workers, and the report counts it as lost, like those in the channel.
 #[test]
 fn when_every_worker_panics_the_run_ends() {
     let (producers, workers, capacity) = (8, 3, 8);
@@ -463,35 +545,37 @@ fn when_every_worker_panics_the_run_ends() {
         work: Duration::from_millis(100),
         ..Probe::default()
     };
-    let report = on_runtime(Duration::from_secs(30), move || async move {
-        pipeline::run(
-            &config(producers, workers, capacity, 0),
-            probe,
-            CancellationToken::new(),
-        )
-        .await
+    let report = on_runtime(Duration::from_secs(30), {
+        let probe = probe.clone();
+        move || async move { run(&config(producers, workers, capacity, 0), &probe).await }
     });
     assert_eq!(report.failed_stages, workers);
     assert_eq!((report.handled, report.failed), (0, 0));
     assert_eq!(report.lost, report.produced, "nothing was handled");
     assert_eq!(report.unaccounted, 0);
+    assert_eq!(
+        report.produced,
+        probe.seen.produced.load(SeqCst),
+        "an item a source made was not counted"
+    );
     assert!(
-        report.produced <= (capacity + workers) as u64,
-        "the channel plus one item per worker: {report:?}"
+        report.produced <= pipeline::max_in_flight(capacity, producers, workers) as u64,
+        "the channel, one item per waiting producer and one per worker: {report:?}"
     );
 }
 
 /// A panicking producer stops the others, even when they would otherwise
-/// produce forever, and the run ends as an error. It held no item when it
-/// panicked, so nothing is lost: the workers drain everything queued.
+/// produce forever, and the run ends as an error. Its source panicked
+/// before it returned an item, so the producer held none and nothing is
+/// lost: the workers drain everything queued.
 #[test]
 fn a_panicking_producer_stops_the_run() {
     let probe = Probe {
-        produce_panics_at: Some(1_001),
+        source_panics_at: Some(1_001),
         ..Probe::default()
     };
     let report = on_runtime(Duration::from_secs(30), move || async move {
-        pipeline::run(&config(4, 2, 8, 0), probe, CancellationToken::new()).await
+        run(&config(4, 2, 8, 0), &probe).await
     });
     assert_eq!(report.failed_stages, 1);
     assert!(!report.is_success());
@@ -516,7 +600,7 @@ fn cancellation_is_heard_under_sustained_load() {
                 runtime(multi_thread).block_on(async {
                     let probe = Probe::default();
                     let (shutdown, _) = cancel_after(Duration::from_millis(200), &probe);
-                    pipeline::run(&config(4, 4, capacity, 0), probe, shutdown).await
+                    run_until(&config(4, 4, capacity, 0), &probe, shutdown).await
                 })
             });
             assert!(report.cancelled, "{case}");
@@ -541,7 +625,7 @@ fn a_drain_longer_than_the_deadline_is_abandoned() {
     let started = Instant::now();
     let report = on_runtime(Duration::from_secs(30), move || async move {
         let (shutdown, _) = cancel_after(Duration::from_millis(50), &probe);
-        pipeline::run(&config, probe, shutdown).await
+        run_until(&config, &probe, shutdown).await
     });
 
     assert!(report.drain_timed_out);
@@ -623,7 +707,7 @@ fn stress_every_created_item_is_accounted_for() {
                     let report = runtime(multi_thread).block_on(async {
                         let delay = Duration::from_millis(5 + 7 * round);
                         let (shutdown, _) = cancel_after(delay, &probe);
-                        pipeline::run(&config(16, 4, capacity, 0), probe.clone(), shutdown).await
+                        run_until(&config(16, 4, capacity, 0), &probe, shutdown).await
                     });
                     let case =
                         format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
@@ -639,4 +723,173 @@ fn stress_every_created_item_is_accounted_for() {
             }
         }
     });
+}
+
+/// An input the source cannot read is counted as rejected (and so failed),
+/// the producer goes on with the next one, and the run still succeeds.
+#[test]
+fn rejected_inputs_are_counted_and_the_producer_goes_on() {
+    let probe = Probe {
+        reject_every: Some(10),
+        ..Probe::default()
+    };
+    let report = on_runtime(Duration::from_secs(30), {
+        let probe = probe.clone();
+        move || async move { run(&config(3, 4, 8, 1_000), &probe).await }
+    });
+    assert_eq!(report.rejected, 100);
+    assert_eq!(report.failed, 100, "a rejected input counts as failed");
+    assert_eq!(report.handled, 900);
+    assert_eq!(report.produced, 1_000, "made: 900 items and 100 rejects");
+    assert_eq!(probe.seen.produced.load(SeqCst), 900);
+    assert_eq!(report.unaccounted, 0);
+    assert!(report.is_success(), "{report:?}");
+}
+
+/// A workload whose sources wait for input that never comes, in `open` or
+/// in `next`: a quiet socket, an empty pipe.
+struct Quiet {
+    wait_in_open: bool,
+}
+
+/// A source with nothing to say.
+struct Silent;
+
+impl Source for Silent {
+    type Item = u64;
+
+    async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+        std::future::pending().await
+    }
+}
+
+impl Workload for Quiet {
+    type Item = u64;
+    type Source = Silent;
+
+    fn producers(&self) -> usize {
+        2
+    }
+
+    async fn open(&self, _producer: usize) -> anyhow::Result<Option<Silent>> {
+        if self.wait_in_open {
+            std::future::pending::<()>().await;
+        }
+        Ok(Some(Silent))
+    }
+
+    async fn handle(&self, _item: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A source waiting for input does not hold up a shutdown: the wait, in
+/// `open` or in `next`, is raced against the stop token and dropped, and the
+/// run ends at once with a clean report.
+#[test]
+fn a_waiting_source_does_not_hold_up_shutdown() {
+    for wait_in_open in [true, false] {
+        let started = Instant::now();
+        let report = on_runtime(Duration::from_secs(10), move || async move {
+            let shutdown = CancellationToken::new();
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    shutdown.cancel();
+                }
+            });
+            pipeline::run(&config(2, 2, 8, 0), Quiet { wait_in_open }, shutdown).await
+        });
+        let case = format!("wait_in_open={wait_in_open}");
+        assert!(report.cancelled, "{case}");
+        assert!(report.is_success(), "{case}: {report:?}");
+        assert_eq!(report.produced, 0, "{case}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{case}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A workload whose source for producer 1 cannot be opened.
+struct OneBadSource;
+
+impl Workload for OneBadSource {
+    type Item = u64;
+    type Source = Numbers;
+
+    fn producers(&self) -> usize {
+        2
+    }
+
+    async fn open(&self, producer: usize) -> anyhow::Result<Option<Numbers>> {
+        anyhow::ensure!(producer != 1, "test source {producer} cannot be opened");
+        // Endless: only the failed stage stops it.
+        Ok(Some(Numbers::share(producer, 2, 0)))
+    }
+
+    async fn handle(&self, _item: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A source that cannot be opened fails the run like a panicking producer:
+/// the other producers stop (theirs would go on for ever), the workers drain
+/// what was queued, and the exit code says so.
+#[test]
+fn a_source_that_cannot_be_opened_fails_the_run() {
+    let report = on_runtime(Duration::from_secs(30), || async {
+        pipeline::run(&config(2, 2, 8, 0), OneBadSource, CancellationToken::new()).await
+    });
+    assert_eq!(report.failed_stages, 1);
+    assert!(!report.is_success());
+    assert_eq!((report.lost, report.unaccounted), (0, 0));
+    assert_eq!(report.produced, report.handled);
+}
+
+/// A handler that awaits tokio's timer, on both runtime flavors. Worker
+/// {% if worker_kind == "tasks" %}tasks await it like any task; worker threads{% else %}threads{% endif %} run the handler with
+/// `Handle::block_on`, and the timer is driven by the runtime's own threads
+/// (on a `current_thread` runtime, the one in `Runtime::block_on`), so the
+/// same handler must work there too.
+#[test]
+fn a_handler_may_await_tokio_timers_on_either_flavor() {
+    struct Waits(Arc<AtomicU64>);
+
+    impl Workload for Waits {
+        type Item = u64;
+        type Source = Numbers;
+
+        fn producers(&self) -> usize {
+            2
+        }
+
+        async fn open(&self, producer: usize) -> anyhow::Result<Option<Numbers>> {
+            Ok(Some(Numbers::share(producer, 2, 100)))
+        }
+
+        async fn handle(&self, _item: u64) -> anyhow::Result<()> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.0.fetch_add(1, SeqCst);
+            Ok(())
+        }
+    }
+
+    for multi_thread in [false, true] {
+        let handled = Arc::new(AtomicU64::new(0));
+        let report = within(Duration::from_secs(30), {
+            let handled = Arc::clone(&handled);
+            move || {
+                runtime(multi_thread).block_on(async {
+                    let workload = Waits(handled);
+                    pipeline::run(&config(2, 4, 8, 0), workload, CancellationToken::new()).await
+                })
+            }
+        });
+        assert_eq!(report.handled, 100, "multi_thread={multi_thread}");
+        assert_eq!(handled.load(SeqCst), 100, "multi_thread={multi_thread}");
+        assert!(report.is_success(), "multi_thread={multi_thread}");
+    }
 }

@@ -45,7 +45,8 @@ fn share(producer: u64) -> impl Iterator<Item = u64> {
 }
 
 async fn template_pipeline(config: &Config) -> u64 {
-    let report = pipeline::run(config, DemoWorkload::new(config), CancellationToken::new()).await;
+    let workload = DemoWorkload::new(config).expect("the demo workload");
+    let report = pipeline::run(config, workload, CancellationToken::new()).await;
     report.handled
 }
 

@@ -36,7 +36,12 @@ fn share(producer: u64) -> impl Iterator<Item = u64> {
 }
 
 async fn template_pipeline(config: &Config) -> u64 {
-    let report = pipeline::run(config, DemoWorkload::new(config), CancellationToken::new()).await;
+    let report = pipeline::run(
+        config,
+        DemoWorkload::new(config).expect("the demo workload starts"),
+        CancellationToken::new(),
+    )
+    .await;
     report.handled
 }
 

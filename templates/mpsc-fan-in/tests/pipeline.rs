@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use support::{runtime, within};
 
 use {{crate_name}}::config::Config;
-use {{crate_name}}::pipeline::{self, MAX_HELD_BY_CONSUMER, Workload};
+use {{crate_name}}::pipeline::{self, max_in_flight};
 use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
+use {{crate_name}}::workload_api::{Numbers, Source, Workload};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
-    /// Calls to `produce`: the ground truth of how many items exist.
+    /// Items the sources returned: the ground truth of how many items exist.
     produced: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every produced item.
     produced_checksum: AtomicU64,
@@ -34,11 +35,13 @@ struct Observed {
     max_in_flight: AtomicU64,
 }
 
-/// A test workload: items are sequence numbers; handling can be slow, fail or
-/// panic on request.
+/// A test workload: items are sequence numbers, `--items` of them shared by
+/// `--producers` sources; handling can be slow, fail or panic on request.
 #[derive(Debug, Clone, Default)]
 struct Probe {
     seen: Arc<Observed>,
+    producers: usize,
+    items: u64,
     work: Duration,
     fail_every: Option<u64>,
     panic_at: Option<u64>,
@@ -46,17 +49,54 @@ struct Probe {
     slow_item: Option<(u64, Duration)>,
 }
 
-impl Workload for Probe {
+impl Probe {
+    /// This probe, making the items `config` asks for.
+    fn sized(&self, config: &Config) -> Self {
+        Self {
+            producers: config.producers,
+            items: config.items,
+            ..self.clone()
+        }
+    }
+}
+
+/// A probe's source: its producer's share of the numbers, each one recorded
+/// as it is made.
+struct ProbeSource {
+    numbers: Numbers,
+    seen: Arc<Observed>,
+}
+
+impl Source for ProbeSource {
     type Item = u64;
 
-    fn produce(&self, seq: u64) -> u64 {
+    async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+        let Some(seq) = self.numbers.next_number() else {
+            return Ok(None);
+        };
         let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
         self.seen.produced_checksum.fetch_add(mix(seq), SeqCst);
         // On a multi-thread runtime other items may finish between the two
         // reads, so this can only underestimate; the bound check stays sound.
         let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
         self.seen.max_in_flight.fetch_max(in_flight, SeqCst);
-        seq
+        Ok(Some(seq))
+    }
+}
+
+impl Workload for Probe {
+    type Item = u64;
+    type Source = ProbeSource;
+
+    fn producers(&self) -> usize {
+        self.producers
+    }
+
+    async fn open(&self, producer: usize) -> anyhow::Result<Option<ProbeSource>> {
+        Ok(Some(ProbeSource {
+            numbers: Numbers::share(producer, self.producers, self.items),
+            seen: Arc::clone(&self.seen),
+        }))
     }
 
     async fn handle(&self, seq: u64) -> anyhow::Result<()> {
@@ -116,7 +156,7 @@ fn cancel_after(delay: Duration) -> CancellationToken {
 }
 
 async fn run(config: &Config, probe: &Probe) -> Report {
-    pipeline::run(config, probe.clone(), CancellationToken::new()).await
+    pipeline::run(config, probe.sized(config), CancellationToken::new()).await
 }
 
 proptest! {
@@ -164,7 +204,8 @@ async fn ends_by_itself_when_producers_finish() {
 }
 
 /// A slow consumer throttles the producers: items in flight never exceed the
-/// channel capacity plus what the consumer holds, however fast producers are.
+/// channel capacity plus one item per producer waiting for a slot plus what
+/// the consumer holds, however fast producers are.
 #[tokio::test(start_paused = true)]
 async fn in_flight_items_stay_within_capacity_plus_consumer_hands() {
     let capacity = 4;
@@ -174,8 +215,8 @@ async fn in_flight_items_stay_within_capacity_plus_consumer_hands() {
     };
     let report = run(&config(8, capacity, 500), &probe).await;
 
+    let bound = max_in_flight(capacity, 8) as u64;
     let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
-    let bound = (capacity + MAX_HELD_BY_CONSUMER) as u64;
     assert!(
         max_in_flight <= bound,
         "{max_in_flight} items in flight, bound {bound}"
@@ -184,7 +225,7 @@ async fn in_flight_items_stay_within_capacity_plus_consumer_hands() {
         max_in_flight >= capacity as u64,
         "the queue never filled, so nothing was tested"
     );
-    assert!(report.peak_queue_depth <= capacity + MAX_HELD_BY_CONSUMER);
+    assert!(report.peak_queue_depth as u64 <= bound);
     assert_eq!(report.handled, 500);
 }
 
@@ -202,7 +243,7 @@ async fn cancel_stops_producers_and_drains_the_queue() {
     // Draining at most capacity + held items of 1 ms each takes well under a second.
     let report = timeout(
         Duration::from_secs(1),
-        pipeline::run(&config, probe.clone(), shutdown),
+        pipeline::run(&config, probe.sized(&config), shutdown),
     )
     .await
     .expect("the drain after cancellation did not finish in time");
@@ -230,7 +271,8 @@ async fn cancellation_under_load_never_loses_an_item() {
             ..Probe::default()
         };
         let shutdown = cancel_after(Duration::from_millis(cancel_after_ms));
-        let report = pipeline::run(&config(8, 2, 0), probe.clone(), shutdown).await;
+        let config = config(8, 2, 0);
+        let report = pipeline::run(&config, probe.sized(&config), shutdown).await;
 
         let created = probe.seen.produced.load(SeqCst);
         assert_eq!(
@@ -293,13 +335,27 @@ async fn a_panicking_consumer_fails_the_run_without_hanging() {
 /// produce forever, and the run ends as an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_producer_stops_the_run() {
-    #[derive(Clone)]
     struct PanicsAtSeq(u64);
+    struct PanickingSource(Numbers, u64);
+    impl Source for PanickingSource {
+        type Item = u64;
+        async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+            let seq = self.0.next_number();
+            assert_ne!(seq, Some(self.1), "test source panics on item {}", self.1);
+            Ok(seq)
+        }
+    }
     impl Workload for PanicsAtSeq {
         type Item = u64;
-        fn produce(&self, seq: u64) -> u64 {
-            assert_ne!(seq, self.0, "test producer panics on item {seq}");
-            seq
+        type Source = PanickingSource;
+        fn producers(&self) -> usize {
+            4
+        }
+        async fn open(&self, producer: usize) -> anyhow::Result<Option<PanickingSource>> {
+            Ok(Some(PanickingSource(
+                Numbers::share(producer, 4, 0),
+                self.0,
+            )))
         }
         async fn handle(&self, _seq: u64) -> anyhow::Result<()> {
             Ok(())
@@ -336,7 +392,8 @@ fn cancellation_is_heard_under_sustained_load() {
             let report = within(Duration::from_secs(30), move || {
                 runtime(multi_thread).block_on(async {
                     let shutdown = cancel_after(Duration::from_millis(200));
-                    pipeline::run(&config(4, capacity, 0), Probe::default(), shutdown).await
+                    let config = config(4, capacity, 0);
+                    pipeline::run(&config, Probe::default().sized(&config), shutdown).await
                 })
             });
             assert!(
@@ -364,7 +421,7 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
         Duration::from_secs(60),
         pipeline::run(
             &config,
-            probe.clone(),
+            probe.sized(&config),
             cancel_after(Duration::from_millis(10)),
         ),
     )
@@ -442,7 +499,8 @@ fn stress_every_created_item_is_accounted_for() {
                     let probe = Probe::default();
                     let report = runtime(multi_thread).block_on(async {
                         let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
-                        pipeline::run(&config(16, capacity, 0), probe.clone(), shutdown).await
+                        let config = config(16, capacity, 0);
+                        pipeline::run(&config, probe.sized(&config), shutdown).await
                     });
                     let case =
                         format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");

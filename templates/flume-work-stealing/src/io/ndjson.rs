@@ -21,7 +21,8 @@ impl NdjsonFile {
     /// Creates (or truncates) the file at `path`. Runs before the pipeline
     /// starts, so a path that cannot be written is a start-up error.
     pub fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self {
             out: Mutex::new(BufWriter::new(File::from_std(file))),
         })
@@ -40,7 +41,10 @@ impl NdjsonFile {
     pub async fn flush(&self) -> anyhow::Result<()> {
         let mut out = self.out.lock().await;
         out.flush().await.context("flushing the output")?;
-        out.get_mut().sync_all().await.context("syncing the output")?;
+        out.get_mut()
+            .sync_all()
+            .await
+            .context("syncing the output")?;
         Ok(())
     }
 }

@@ -147,7 +147,10 @@ mod tests {
     #[tokio::test]
     async fn splits_lines_and_strips_their_endings() {
         let lines = read_all(b"one\r\ntwo\n\nlast", 16).await;
-        assert_eq!(lines, [Ok("one"), Ok("two"), Ok(""), Ok("last")].map(|r| r.map(str::to_owned)));
+        assert_eq!(
+            lines,
+            [Ok("one"), Ok("two"), Ok(""), Ok("last")].map(|r| r.map(str::to_owned))
+        );
     }
 
     #[tokio::test]
@@ -184,7 +187,11 @@ mod tests {
             reader.next_line().await,
             Err(LineError::Bad(BadLine::TooLong { max_bytes: 64 }))
         ));
-        assert!(reader.line.capacity() <= 65, "kept {} bytes", reader.line.capacity());
+        assert!(
+            reader.line.capacity() <= 65,
+            "kept {} bytes",
+            reader.line.capacity()
+        );
         assert!(matches!(reader.next_line().await, Ok(None)));
     }
 
@@ -196,11 +203,8 @@ mod tests {
         let mut lines = LineReader::new(reader, 64);
         use tokio::io::AsyncWriteExt as _;
         writer.write_all(b"hel").await.unwrap();
-        let waited = tokio::time::timeout(
-            std::time::Duration::from_millis(20),
-            lines.next_line(),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), lines.next_line()).await;
         assert!(waited.is_err(), "no line is complete yet");
         writer.write_all(b"lo\n").await.unwrap();
         assert_eq!(lines.next_line().await.unwrap(), Some("hello".to_owned()));
