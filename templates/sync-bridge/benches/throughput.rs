@@ -29,7 +29,12 @@ fn runtime() -> Runtime {
 }
 
 async fn template_bridge(config: &Config) -> u64 {
-    let report = pipeline::run(config, DemoWorkload::new(config).unwrap(), CancellationToken::new()).await;
+    let report = pipeline::run(
+        config,
+        DemoWorkload::new(config).expect("the demo workload starts"),
+        CancellationToken::new(),
+    )
+    .await;
     report.handled
 }
 {% if direction == "async-to-sync" %}

@@ -53,7 +53,8 @@ pub fn max_in_flight(config: &Config) -> usize {
 /// (within `--drain-timeout`).
 pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
     let workers = config.topology.workers;
-    let mut supervisor = Supervisor::new(super::TOPOLOGY, config, shutdown, config.producers, workers);
+    let mut supervisor =
+        Supervisor::new(super::TOPOLOGY, config, shutdown, config.producers, workers);
     let workload = Arc::new(workload);
     let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
