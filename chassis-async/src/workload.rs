@@ -144,14 +144,6 @@ impl DemoWorkload {
             lines_read: Arc::new(AtomicU64::new(0)),
         })
     }
-
-    /// The address `--listen` bound, if it was given.
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        match &self.input {
-            Input::Listener(listener) => listener.local_addr().ok(),
-            _ => None,
-        }
-    }
 }
 
 impl Workload for DemoWorkload {
