@@ -23,7 +23,7 @@ use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
-use crate::workload_api::{self, Source, Workload};
+use crate::workload_api::{self, Source, Workload, unless_cancelled};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "mpsc-fan-in";
@@ -117,18 +117,16 @@ impl<W: Workload> Producer<W> {
         let mut pacer = Pacer::default();
         let (mut produced, mut rejected) = (0u64, 0u64);
         loop {
-            if produced.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
+            let taken = produced + rejected;
+            if taken.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
                 break;
             }
             // The source may wait for input (a quiet client, an empty pipe),
             // so it is raced against cancellation: a source that waits must
             // not hold up shutdown, and the `Source` contract makes dropping
-            // its future safe. `biased` polls the source first, so a source
-            // with an item ready never pays for polling the token (a lock).
-            let next = tokio::select! {
-                biased;
-                next = source.next() => next,
-                () = &mut cancelled => break,
+            // its future safe.
+            let Some(next) = unless_cancelled(pin!(source.next()), cancelled.as_mut()).await else {
+                break;
             };
             let item = match next {
                 Ok(Some(item)) => item,
@@ -137,6 +135,12 @@ impl<W: Workload> Producer<W> {
                     rejected += 1;
                     slot.publish_rejected(rejected);
                     input_rejected(&error);
+                    // A source that rejects input after input without
+                    // waiting must not keep its runtime thread either.
+                    let due = pacer.count(1);
+                    if due > 0 {
+                        coop::spend(due).await;
+                    }
                     continue;
                 }
             };

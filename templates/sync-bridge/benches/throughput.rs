@@ -31,7 +31,7 @@ fn runtime() -> Runtime {
 async fn template_bridge(config: &Config) -> u64 {
     let report = pipeline::run(
         config,
-        DemoWorkload::new(config).expect("the demo workload starts"),
+        DemoWorkload::new(config),
         CancellationToken::new(),
     )
     .await;

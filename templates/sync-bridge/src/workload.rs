@@ -34,11 +34,22 @@
 {% if direction != "sync-to-async" %}use std::io::Write;
 {% endif %}use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::report::Report;
 {% if direction == "sync-to-async" %}use crate::pipeline::{BlockingSource, Workload};
 {% elsif direction == "async-to-sync" %}use crate::pipeline::{BlockingSink, OutputPath, Workload};
 {% else %}use crate::pipeline::{BlockingSink, BlockingSource, OutputPath, Workload};
 {% endif %}
+/// Runs the pipeline with the demo workload; `main` calls this. An error
+/// means the workload could not start, and `main` reports it as a
+/// configuration error. The demo opens its files on the pipeline's threads,
+/// where blocking is allowed, so it has none to report here.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Report> {
+    Ok(crate::pipeline::run(config, DemoWorkload::new(config), shutdown).await)
+}
+
 /// One unit of work. Replace it with your own type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -57,16 +68,14 @@ pub struct DemoWorkload {
 {% endif %}}
 
 impl DemoWorkload {
-    /// Builds the workload from the service configuration. The demo opens
-    /// nothing here: its files are opened on the pipeline's threads, where
-    /// blocking is allowed. A workload that must connect or bind before the
-    /// run returns its error here, and `main` exits with code 2.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
-        Ok(Self {
+    /// Builds the workload from the service configuration. It opens nothing:
+    /// files are opened on the pipeline's threads, where blocking is allowed.
+    pub fn new(config: &Config) -> Self {
+        Self {
             work: config.work(),
 {% if direction != "async-to-sync" %}            input: config.topology.input.clone().map(input::Lines::new),
 {% endif %}{% if direction != "sync-to-async" %}            output: config.topology.output.clone(),
-{% endif %}        })
+{% endif %}        }
     }
 
     /// Simulated async work. tokio's timer has millisecond resolution: a few

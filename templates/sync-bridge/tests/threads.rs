@@ -40,7 +40,7 @@ fn no_pipeline_thread_outlives_the_run() {
             let config = parse(&["--producers=3", "--capacity=2", "--items=20000"]);
             let report = pipeline::run(
                 &config,
-                DemoWorkload::new(&config).unwrap(),
+                DemoWorkload::new(&config),
                 CancellationToken::new(),
             )
             .await;
@@ -62,7 +62,7 @@ fn no_pipeline_thread_outlives_the_run() {
             let shutdown = CancellationToken::new();
             let token = shutdown.clone();
             let run = tokio::spawn(async move {
-                pipeline::run(&config, DemoWorkload::new(&config).unwrap(), token).await
+                pipeline::run(&config, DemoWorkload::new(&config), token).await
             });
             tokio::time::sleep(Duration::from_millis(200)).await;
             assert!(pipeline::live_threads() > 0, "the counter sees no thread");
