@@ -37,7 +37,7 @@ use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
-use crate::workload_api::{self, Source, Workload};
+use crate::workload_api::{self, Source, Workload, unless_cancelled};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "flume-work-stealing";
@@ -151,18 +151,17 @@ impl<W: Workload> Producer<W> {
         let mut pacer = Pacer::default();
         let (mut produced, mut rejected) = (0u64, 0u64);
         loop {
-            if (produced + rejected).is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
+            let taken = produced + rejected;
+            if taken.is_multiple_of(CANCEL_CHECK_EVERY) && self.stop.is_cancelled() {
                 break;
             }
             // The source may wait for input (a quiet client, an empty pipe),
             // so it is raced against cancellation: a source that waits must
             // not hold up shutdown, and the `Source` contract makes dropping
-            // its future safe. `biased` polls the source first, so a source
-            // with an item ready never pays for polling the token (a lock).
-            let next = tokio::select! {
-                biased;
-                next = source.next() => next,
-                () = &mut cancelled => break,
+            // its future safe. The source is polled first, so a source with
+            // an item ready never pays for polling the token (a lock).
+            let Some(next) = unless_cancelled(pin!(source.next()), cancelled.as_mut()).await else {
+                break;
             };
             let item = match next {
                 Ok(Some(item)) => item,
