@@ -1,12 +1,21 @@
 //! Throughput of the template's pipeline next to bare loops of the same shape
-//! (4 producer tasks, capacity 64, one consumer task, `u64` items) on kanal,
-//! tokio mpsc and flume, and a plain two-thread crossbeam-channel loop.
+//! (4 producer tasks, capacity 64, one consumer task) on kanal, tokio mpsc
+//! and flume, and a plain two-thread crossbeam-channel loop.
 //!
-//! - "bare kanal" is the floor this template is built to stay close to: the
-//!   gap between it and "template pipeline" is what the scaffold costs
-//!   (stop flag, counters, spans, task tracking).
+//! - "template pipeline" runs this project's `pipeline::run` with the demo
+//!   workload: numbered `Job`s from its sources, no simulated work.
+//! - "bare kanal" is the floor this template is built to stay close to: a
+//!   plain `send().await`/`recv().await` loop moving `u64`s. kanal carries
+//!   items of up to a pointer's size inside its wake-up signal, so this is
+//!   the fastest anything moves through it.
+//! - "bare kanal, demo workload" is the same bare loop carrying what the
+//!   template carries: the demo's `Job`s, read from the demo's own sources
+//!   and given to its handler, with none of the scaffold (stop flag,
+//!   counters, pacing, supervisor). The gap between it and "template
+//!   pipeline" is what the scaffold costs; the gap between it and "bare
+//!   kanal" is what the workload's item, source and handler cost.
 //! - "bare tokio mpsc" and "bare flume" show what the other channel crates
-//!   give for the same shape, i.e. why this template uses kanal.
+//!   give for the `u64` loop, i.e. why this template uses kanal.
 //! - "crossbeam spsc threads" moves the same items from one OS thread to
 //!   another through `crossbeam_channel::bounded`, with no async runtime at
 //!   all: a reference for how close the async pipeline gets to the hardware.
@@ -17,6 +26,7 @@
 //! the machine and whatever else it is doing.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use clap::Parser;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -26,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use {{crate_name}}::config::Config;
 use {{crate_name}}::pipeline;
 use {{crate_name}}::workload::DemoWorkload;
+use {{crate_name}}::workload_api::{Source, Workload};
 
 const ITEMS: u64 = 200_000;
 const PRODUCERS: u64 = 4;
@@ -67,6 +78,30 @@ async fn bare_kanal() -> u64 {
             sum = sum.wrapping_add(item);
         }
         sum
+    });
+    consumer.await.unwrap()
+}
+
+async fn bare_kanal_demo_workload(config: &Config) -> u64 {
+    let workload = Arc::new(DemoWorkload::new(config).expect("the demo workload"));
+    let (tx, rx) = kanal::bounded_async(CAPACITY);
+    for producer in 0..workload.producers() {
+        let (tx, workload) = (tx.clone(), Arc::clone(&workload));
+        tokio::spawn(async move {
+            let mut source = workload.open(producer).await.unwrap().unwrap();
+            while let Some(item) = source.next().await.unwrap() {
+                tx.send(item).await.unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let consumer = tokio::spawn(async move {
+        let mut handled = 0u64;
+        while let Ok(item) = rx.recv().await {
+            workload.handle(item).await.unwrap();
+            handled += 1;
+        }
+        handled
     });
     consumer.await.unwrap()
 }
@@ -145,6 +180,9 @@ fn hot_path(c: &mut Criterion) {
     });
     group.bench_function("bare kanal", |b| {
         b.iter(|| black_box(runtime.block_on(bare_kanal())))
+    });
+    group.bench_function("bare kanal, demo workload", |b| {
+        b.iter(|| black_box(runtime.block_on(bare_kanal_demo_workload(&config))))
     });
     group.bench_function("bare tokio mpsc", |b| {
         b.iter(|| black_box(runtime.block_on(bare_tokio_mpsc())))

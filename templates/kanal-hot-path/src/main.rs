@@ -11,8 +11,7 @@ use std::process::ExitCode;
 
 use {{crate_name}}::config::{self, Config};
 use {{crate_name}}::report::EXIT_PIPELINE_ERROR;
-use {{crate_name}}::workload::DemoWorkload;
-use {{crate_name}}::{pipeline, shutdown, telemetry};
+use {{crate_name}}::{shutdown, telemetry, workload};
 
 const BAD_CONFIG: u8 = 2;
 
@@ -40,14 +39,13 @@ async fn main() -> ExitCode {
     // The workload opens its input and output and binds its listener before
     // the pipeline starts, so a bad path or a taken port is a configuration
     // error with one line of explanation.
-    let workload = match DemoWorkload::new(&config) {
-        Ok(workload) => workload,
+    let report = match workload::run(&config, shutdown).await {
+        Ok(report) => report,
         Err(error) => {
             eprintln!("error: {error:#}");
             return ExitCode::from(BAD_CONFIG);
         }
     };
-    let report = pipeline::run(&config, workload, shutdown).await;
 
     println!("{}", report.render(config.report));
     // Exit here instead of returning: returning drops the runtime, which

@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use support::{runtime, within};
 
 use {{crate_name}}::config::Config;
-use {{crate_name}}::pipeline::{self, Workload, max_in_flight};
+use {{crate_name}}::pipeline::{self, max_in_flight};
 use {{crate_name}}::report::{EXIT_DRAIN_TIMEOUT, Report};
+use {{crate_name}}::workload_api::{Numbers, Source, Workload};
 
 /// What a [`Probe`] saw. Shared with the test, which inspects it after the run.
 #[derive(Debug, Default)]
 struct Observed {
-    /// Calls to `produce`: the ground truth of how many items exist.
+    /// Items the sources returned: the ground truth of how many items exist.
     produced: AtomicU64,
     /// Wrapping sum of `mix(seq)` over every produced item.
     created_checksum: AtomicU64,
@@ -47,11 +48,14 @@ impl Observed {
     }
 }
 
-/// A test workload: items are sequence numbers; handling can be slow, fail or
-/// panic on request, and the run can be cancelled from inside `produce`.
+/// A test workload: items are sequence numbers, `--items` of them shared by
+/// `--producers` sources; handling can be slow, fail or panic on request, and
+/// the run can be cancelled from inside a source.
 #[derive(Debug, Clone, Default)]
 struct Probe {
     seen: Arc<Observed>,
+    producers: usize,
+    items: u64,
     work: Duration,
     fail_every: Option<u64>,
     panic_at: Option<u64>,
@@ -66,26 +70,63 @@ struct Probe {
     stop_due: Option<Instant>,
 }
 
-impl Workload for Probe {
+impl Probe {
+    /// This probe, making the items `config` asks for.
+    fn sized(&self, config: &Config) -> Self {
+        Self {
+            producers: config.producers,
+            items: config.items,
+            ..self.clone()
+        }
+    }
+}
+
+/// A probe's source: its producer's share of the numbers, each one recorded
+/// as it is made, right before the producer sends it.
+struct ProbeSource {
+    numbers: Numbers,
+    probe: Probe,
+}
+
+impl Source for ProbeSource {
     type Item = u64;
 
-    fn produce(&self, seq: u64) -> u64 {
-        let produced = self.seen.produced.fetch_add(1, SeqCst) + 1;
-        self.seen.created_checksum.fetch_add(mix(seq), SeqCst);
-        if self.stop_due.is_some_and(|due| Instant::now() >= due) {
-            let _ = self
-                .seen
+    async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+        let Some(seq) = self.numbers.next_number() else {
+            return Ok(None);
+        };
+        let seen = &self.probe.seen;
+        let produced = seen.produced.fetch_add(1, SeqCst) + 1;
+        seen.created_checksum.fetch_add(mix(seq), SeqCst);
+        if self.probe.stop_due.is_some_and(|due| Instant::now() >= due) {
+            let _ = seen
                 .first_late_item
                 .compare_exchange(0, produced, SeqCst, SeqCst);
         }
-        if self.cancel_at == Some(produced) {
-            self.shutdown.cancel();
+        if self.probe.cancel_at == Some(produced) {
+            self.probe.shutdown.cancel();
         }
         // On a multi-thread runtime other items may finish between the two
         // reads, so this can only underestimate; the bound check stays sound.
-        let in_flight = produced.saturating_sub(self.seen.finished.load(SeqCst));
-        self.seen.max_in_flight.fetch_max(in_flight, SeqCst);
-        seq
+        let in_flight = produced.saturating_sub(seen.finished.load(SeqCst));
+        seen.max_in_flight.fetch_max(in_flight, SeqCst);
+        Ok(Some(seq))
+    }
+}
+
+impl Workload for Probe {
+    type Item = u64;
+    type Source = ProbeSource;
+
+    fn producers(&self) -> usize {
+        self.producers
+    }
+
+    async fn open(&self, producer: usize) -> anyhow::Result<Option<ProbeSource>> {
+        Ok(Some(ProbeSource {
+            numbers: Numbers::share(producer, self.producers, self.items),
+            probe: self.clone(),
+        }))
     }
 
     async fn handle(&self, seq: u64) -> anyhow::Result<()> {
@@ -145,7 +186,7 @@ fn cancel_after(delay: Duration) -> CancellationToken {
 }
 
 async fn run(config: &Config, probe: &Probe) -> Report {
-    pipeline::run(config, probe.clone(), CancellationToken::new()).await
+    pipeline::run(config, probe.sized(config), CancellationToken::new()).await
 }
 
 proptest! {
@@ -244,7 +285,7 @@ async fn cancel_stops_producers_and_drains_the_queue() {
     // Draining at most capacity + held items of 1 ms each takes well under a second.
     let report = timeout(
         Duration::from_secs(1),
-        pipeline::run(&config, probe.clone(), shutdown),
+        pipeline::run(&config, probe.sized(&config), shutdown),
     )
     .await
     .expect("the drain after cancellation did not finish in time");
@@ -273,9 +314,10 @@ async fn cancellation_under_load_never_loses_an_item() {
         };
         let shutdown = cancel_after(Duration::from_millis(cancel_after_ms));
         let capacity = 1 + (cancel_after_ms % 3) as usize;
+        let config = config(8, capacity, 0);
         let report = timeout(
             Duration::from_secs(10),
-            pipeline::run(&config(8, capacity, 0), probe.clone(), shutdown),
+            pipeline::run(&config, probe.sized(&config), shutdown),
         )
         .await
         .expect("a cancelled run must drain and end");
@@ -310,7 +352,7 @@ fn cancellation_while_the_consumer_waits_never_loses_an_item() {
                 };
                 let capacity = 1 + (cancel_at % 4) as usize;
                 let config = config(4, capacity, 0);
-                let run = pipeline::run(&config, probe.clone(), probe.shutdown.clone());
+                let run = pipeline::run(&config, probe.sized(&config), probe.shutdown.clone());
                 let report = runtime
                     .block_on(async { timeout(Duration::from_secs(30), run).await })
                     .expect("a cancelled run must drain and end");
@@ -389,13 +431,25 @@ async fn a_panicking_consumer_fails_the_run_without_hanging() {
 /// produce forever, and the run ends as an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_producer_stops_the_run() {
-    #[derive(Clone)]
     struct PanicsAtSeq(u64);
+    struct PanickingSource(Numbers, u64);
+    impl Source for PanickingSource {
+        type Item = u64;
+        async fn next(&mut self) -> anyhow::Result<Option<u64>> {
+            let seq = self.0.next_number();
+            assert_ne!(seq, Some(self.1), "test source panics on item {}", self.1);
+            Ok(seq)
+        }
+    }
     impl Workload for PanicsAtSeq {
         type Item = u64;
-        fn produce(&self, seq: u64) -> u64 {
-            assert_ne!(seq, self.0, "test producer panics on item {seq}");
-            seq
+        type Source = PanickingSource;
+        fn producers(&self) -> usize {
+            4
+        }
+        async fn open(&self, producer: usize) -> anyhow::Result<Option<PanickingSource>> {
+            let numbers = Numbers::share(producer, 4, 0);
+            Ok(Some(PanickingSource(numbers, self.0)))
         }
         async fn handle(&self, _seq: u64) -> anyhow::Result<()> {
             Ok(())
@@ -452,8 +506,8 @@ fn cancellation_is_heard_under_sustained_load() {
                         ..Probe::default()
                     };
                     let shutdown = cancel_after(STOP_AFTER);
-                    let report =
-                        pipeline::run(&config(4, capacity, 0), probe.clone(), shutdown).await;
+                    let config = config(4, capacity, 0);
+                    let report = pipeline::run(&config, probe.sized(&config), shutdown).await;
                     (report, probe.seen.made_late())
                 })
             });
@@ -486,7 +540,7 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
         Duration::from_secs(60),
         pipeline::run(
             &config,
-            probe.clone(),
+            probe.sized(&config),
             cancel_after(Duration::from_millis(10)),
         ),
     )
@@ -573,7 +627,8 @@ fn stress_every_created_item_is_accounted_for() {
                     let probe = Probe::default();
                     let report = runtime(multi_thread).block_on(async {
                         let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
-                        pipeline::run(&config(16, capacity, 0), probe.clone(), shutdown).await
+                        let config = config(16, capacity, 0);
+                        pipeline::run(&config, probe.sized(&config), shutdown).await
                     });
                     let case =
                         format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");

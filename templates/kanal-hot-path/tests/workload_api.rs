@@ -4,8 +4,8 @@
 //! file against its own pipeline.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -115,7 +115,8 @@ fn config() -> Config {
 }
 
 /// Runs `workload` to its end, or until `cancel_after` has passed, within a
-/// deadline (of tokio time: the tests run in paused time).
+/// deadline. Real time, not paused: a paused clock jumps ahead whenever the
+/// runtime is idle, even while thread workers are busy.
 async fn run(workload: Scripted, cancel_after: Option<Duration>) -> (Report, Arc<Scripted>) {
     let workload = Arc::new(workload);
     let shutdown = CancellationToken::new();
@@ -143,7 +144,7 @@ fn handled_sorted(workload: &Scripted) -> Vec<u64> {
 
 /// Each producer ends with its source; the run ends when all have, with
 /// every item handled, and `close` runs once, after the last item.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn the_run_ends_when_every_source_has_ended() {
     let workload = Scripted::new(vec![
         Opening::Plays(vec![Item(1), Item(2), Item(3)]),
@@ -160,7 +161,7 @@ async fn the_run_ends_when_every_source_has_ended() {
 
 /// An input a source cannot read is counted as rejected (and failed), and
 /// the producer goes on with the next one.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn rejected_inputs_are_counted_and_the_source_goes_on() {
     let workload = Scripted::new(vec![
         Opening::Plays(vec![Item(1), Reject, Item(2), Reject, Reject, Item(3)]),
@@ -187,7 +188,7 @@ async fn rejected_inputs_are_counted_and_the_source_goes_on() {
 /// A source waiting for input that never comes (a quiet client, an empty
 /// pipe), and a producer still waiting to open its source, do not hold up
 /// shutdown; what the sources returned before is handled.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn waiting_sources_do_not_hold_up_shutdown() {
     let workload = Scripted::new(vec![
         Opening::Plays(vec![Item(1), Item(2), Wait, Item(99)]),
@@ -207,7 +208,7 @@ async fn waiting_sources_do_not_hold_up_shutdown() {
 
 /// A source that cannot open fails the run instead of silently shrinking
 /// it; the other producers stop too.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_source_that_cannot_open_fails_the_run() {
     let workload = Scripted::new(vec![Opening::Plays(vec![Item(1), Wait]), Opening::Fails]);
     let (report, _) = run(workload, None).await;
@@ -217,7 +218,7 @@ async fn a_source_that_cannot_open_fails_the_run() {
 }
 
 /// `close` failing (an output that cannot be flushed) fails the run.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_failing_close_fails_the_run() {
     let workload = Scripted {
         close_fails: true,

@@ -61,11 +61,6 @@ impl Listener {
     pub fn max_connections(&self) -> usize {
         self.max_connections
     }
-
-    /// The address actually bound (with the port chosen, for port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
 }
 
 /// One producer's side of the listener: the client it is reading, if any.
@@ -155,6 +150,6 @@ impl Connections {
 
 impl Drop for Connections {
     fn drop(&mut self) {
-        self.disconnect("connection closed by shutdown");
+        self.disconnect("connection closed: the producer stopped");
     }
 }
