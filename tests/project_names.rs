@@ -108,7 +108,10 @@ fn the_name_check_knows_every_dependency() {
     let matrix = Matrix::load(repo_root()).unwrap();
     let mut checked = 0;
     for template in &matrix.templates {
-        let cargo_toml = repo_root().join("templates").join(&template.name).join("Cargo.toml");
+        let cargo_toml = repo_root()
+            .join("templates")
+            .join(&template.name)
+            .join("Cargo.toml");
         for name in dependency_names(&std::fs::read_to_string(cargo_toml).unwrap()) {
             assert!(
                 hook.contains(&format!("\"{name}\"")),
@@ -142,6 +145,9 @@ fn a_project_named_like_a_dependency_is_refused() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(said.contains("is also the name of a crate it depends on"), "{said}");
+    assert!(
+        said.contains("is also the name of a crate it depends on"),
+        "{said}"
+    );
     assert!(!scratch.path().join("kanal/src").exists());
 }
