@@ -29,12 +29,7 @@ fn runtime() -> Runtime {
 }
 
 async fn template_bridge(config: &Config) -> u64 {
-    let report = pipeline::run(
-        config,
-        DemoWorkload::new(config),
-        CancellationToken::new(),
-    )
-    .await;
+    let report = pipeline::run(config, DemoWorkload::new(config), CancellationToken::new()).await;
     report.handled
 }
 {% if direction == "async-to-sync" %}

@@ -37,11 +37,11 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::report::Report;
 {% if direction == "sync-to-async" %}use crate::pipeline::{BlockingSource, Workload};
 {% elsif direction == "async-to-sync" %}use crate::pipeline::{BlockingSink, OutputPath, Workload};
 {% else %}use crate::pipeline::{BlockingSink, BlockingSource, OutputPath, Workload};
-{% endif %}
+{% endif %}use crate::report::Report;
+
 /// Runs the pipeline with the demo workload; `main` calls this. An error
 /// means the workload could not start, and `main` reports it as a
 /// configuration error. The demo opens its files on the pipeline's threads,
