@@ -108,20 +108,14 @@ fn one_workload_file_runs_in_every_template_with_async_workers() {
     let mut workload_file = repo_root().join("tests/fixtures/portable_workload.rs");
     for (index, (template, values)) in projects.iter().enumerate() {
         let name = format!("portable-{index}-{}", template.name);
-        let output = cargo_generate
+        cargo_generate
             .generate()
             .template(&repo_root().join("templates").join(&template.name))
             .name(&name)
             .destination(scratch.path())
             .values(values)
-            .command()
-            .output()
-            .expect("cargo generate runs");
-        assert!(
-            output.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .run()
+            .unwrap_or_else(|error| panic!("{name}: {error:#}"));
         let project = scratch.path().join(&name);
         let target = project.join("src/workload.rs");
         std::fs::copy(&workload_file, &target).unwrap();

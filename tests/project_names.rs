@@ -24,20 +24,14 @@ fn generate(
     values: &BTreeMap<String, String>,
     into: &Path,
 ) -> PathBuf {
-    let output = cargo_generate
+    cargo_generate
         .generate()
         .template(&repo_root().join("templates").join(template))
         .name(name)
         .destination(into)
         .values(values)
-        .command()
-        .output()
-        .expect("cargo generate runs");
-    assert!(
-        output.status.success(),
-        "{template} {values:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .run()
+        .unwrap_or_else(|error| panic!("{template} {values:?}: {error:#}"));
     into.join(name)
 }
 

@@ -174,6 +174,20 @@ impl Generate {
     pub fn command(self) -> Command {
         self.0
     }
+
+    /// Runs the command; fails with cargo-generate's stderr when it does.
+    pub fn run(self) -> Result<()> {
+        let output = self
+            .command()
+            .output()
+            .context("cargo generate does not start")?;
+        ensure!(
+            output.status.success(),
+            "cargo generate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
 }
 
 fn install_root(version: &str) -> PathBuf {
