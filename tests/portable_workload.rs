@@ -12,7 +12,7 @@ use std::process::Command;
 
 use conveyor_ci::matrix::{Matrix, Template};
 use conveyor_ci::tools::CargoGenerate;
-use conveyor_ci::{default_work_dir, repo_root, scratch_dir};
+use conveyor_ci::{default_work_dir, metrics_on_a_free_port, repo_root, scratch_dir};
 
 /// The chassis part that carries the shared workload API.
 const ASYNC_PART: &str = "async";
@@ -60,7 +60,9 @@ fn cargo(project: &Path, args: &[&str]) {
 fn run_binary(name: &str, scratch: &Path) {
     let summary = scratch.join(format!("{name}-summary.json"));
     let binary: PathBuf = default_work_dir().join("target/debug").join(name);
+    let (metrics_var, metrics_addr) = metrics_on_a_free_port(name);
     let output = Command::new(&binary)
+        .env(metrics_var, metrics_addr)
         .args([
             "--sensors",
             "3",

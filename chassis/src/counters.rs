@@ -15,6 +15,7 @@ pub struct Counters {
     workers: Box<[WorkerSlot]>,
     queue_depth: AtomicUsize,
     peak_queue_depth: AtomicUsize,
+    stall_episodes: AtomicU64,
 }
 
 /// What one producer has sent into the channel, and the inputs its source
@@ -65,6 +66,7 @@ impl Counters {
             workers: (0..workers).map(|_| WorkerSlot::default()).collect(),
             queue_depth: AtomicUsize::new(0),
             peak_queue_depth: AtomicUsize::new(0),
+            stall_episodes: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +99,16 @@ impl Counters {
     /// The largest queue depth recorded so far.
     pub fn peak_queue_depth(&self) -> usize {
         self.peak_queue_depth.load(Relaxed)
+    }
+
+    /// Records how many stall episodes the monitor has seen so far.
+    pub fn set_stall_episodes(&self, episodes: u64) {
+        self.stall_episodes.store(episodes, Relaxed);
+    }
+
+    /// Stall episodes so far.
+    pub fn stall_episodes(&self) -> u64 {
+        self.stall_episodes.load(Relaxed)
     }
 
     /// Sums every slot. Finished items are read before produced ones, so a

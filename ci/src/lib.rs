@@ -29,3 +29,13 @@ pub fn scratch_dir(label: &str) -> tempfile::TempDir {
         .tempdir()
         .unwrap_or_else(|e| panic!("creating a scratch directory for {label}: {e}"))
 }
+
+/// The environment variable and value that put a generated service's metrics
+/// endpoint on a free port, so that runs of the same project at once do not
+/// fight over the default one. The variable follows the generated config's
+/// rule (package name in SCREAMING_SNAKE_CASE, then the flag); a project
+/// generated with `metrics=none` has no such flag and ignores it.
+pub fn metrics_on_a_free_port(project_name: &str) -> (String, &'static str) {
+    let prefix = project_name.replace('-', "_").to_ascii_uppercase();
+    (format!("{prefix}_METRICS_ADDR"), "127.0.0.1:0")
+}

@@ -345,10 +345,12 @@ impl<'a> Runner<'a> {
             .and_then(|pair| pair[1].parse().ok())
             .context("smoke_args in ci/matrix.toml need `--items N`")?;
         let stderr = File::create(log)?;
+        let (metrics_var, metrics_addr) = crate::metrics_on_a_free_port(&combination.template);
         let child = Command::new(&binary)
             .args(smoke_args)
             .args(["--report", "json", "--progress-secs", "0"])
             .env_remove("RUST_LOG")
+            .env(metrics_var, metrics_addr)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -14,14 +14,15 @@
 //! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
 //! - [`workers`]: how one worker runs, as an async task or an OS thread,
 //!   whichever kind this project was generated with.
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
-//!   [`counters`], [`report`]: the service chassis, the same in every
-//!   Conveyor template.
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`supervisor`],
+//!   [`coop`], [`counters`], [`report`]: the service chassis, the same in
+//!   every Conveyor template.
 
 pub mod config;
 pub mod coop;
 pub mod counters;
 pub mod io;
+pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;

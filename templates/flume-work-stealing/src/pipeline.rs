@@ -26,6 +26,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use flume::TrySendError;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::counters::Counters;
+use crate::metrics::HandleTimer;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
@@ -237,6 +239,8 @@ pub(crate) struct Worker<W: Workload> {
     counters: Arc<Counters>,
     handled: u64,
     failed: u64,
+    timer: HandleTimer,
+    timing: Option<Instant>,
 }
 
 impl<W: Workload> Worker<W> {
@@ -253,15 +257,19 @@ impl<W: Workload> Worker<W> {
             counters,
             handled: 0,
             failed: 0,
+            timer: HandleTimer::new(),
+            timing: None,
         }
     }
 
-    /// Call right after taking an item. Samples the queue depth now and then:
-    /// reading it locks the channel, and the recorded peak is a shared line.
-    pub(crate) fn took_item(&self) {
+    /// Call right after taking an item. Samples the queue depth now and then
+    /// (reading it locks the channel, and the recorded peak is a shared
+    /// line), and starts the handling-time sample when one is due.
+    pub(crate) fn took_item(&mut self) {
         if (self.handled + self.failed).is_multiple_of(DEPTH_SAMPLE_EVERY) {
             self.counters.observe_queue_depth(self.rx.len() + 1);
         }
+        self.timing = self.timer.start();
     }
 
     /// Counts the outcome of one item and publishes it to this worker's slot.
@@ -269,6 +277,7 @@ impl<W: Workload> Worker<W> {
     /// hand is unaccounted for, so if the worker panics on its next item, the
     /// report still knows exactly what it finished and loses only that one.
     pub(crate) fn finished(&mut self, outcome: anyhow::Result<()>) {
+        self.timer.stop(self.timing.take());
         match outcome {
             Ok(()) => self.handled += 1,
             Err(error) => {

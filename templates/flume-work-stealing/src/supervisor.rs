@@ -53,13 +53,17 @@ impl Supervisor {
         producers: usize,
         workers: usize,
     ) -> Self {
+        let counters = Arc::new(Counters::new(producers, workers));
+        // A failed stage stops the sources through this child token without
+        // cancelling the caller's token.
+        let stop = shutdown.child_token();
+        let done = CancellationToken::new();
+        crate::metrics::watch_run(&counters, &stop, &done);
         Self {
             topology,
             started: std::time::Instant::now(),
-            counters: Arc::new(Counters::new(producers, workers)),
-            // A failed stage stops the sources through this child token
-            // without cancelling the caller's token.
-            stop: shutdown.child_token(),
+            counters,
+            stop,
             shutdown,
             stages: JoinSet::new(),
             names: HashMap::new(),
@@ -67,7 +71,7 @@ impl Supervisor {
             drain_deadline: config.drain_deadline(),
             progress_every: config.progress_interval(),
             stall_after: config.stall_warning_after(),
-            done: CancellationToken::new(),
+            done,
         }
     }
 
@@ -368,6 +372,7 @@ async fn monitor(
         }
         if let Some(stall) = &mut stall {
             stall.observe(now, &totals);
+            counters.set_stall_episodes(stall.episodes);
         }
     }
     stall.map_or(0, |stall| stall.episodes)

@@ -59,6 +59,10 @@ pub struct Config {
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,
 
+    /// Flags of the metrics endpoint.
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
+
     /// Flags that only this topology has.
     #[command(flatten)]
     pub topology: crate::pipeline::TopologyArgs,

@@ -8,14 +8,15 @@
 //! - [`io`]: example sources and sinks (lines from files, stdin and TCP
 //!   clients; NDJSON output) to copy from.
 //! - [`pipeline`]: the topology (tasks, channel, draining on shutdown).
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
-//!   [`counters`], [`report`]: the service chassis, the same in every
-//!   Conveyor template.
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`supervisor`],
+//!   [`coop`], [`counters`], [`report`]: the service chassis, the same in
+//!   every Conveyor template.
 
 pub mod config;
 pub mod coop;
 pub mod counters;
 pub mod io;
+pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::coop::{self, Pacer};
 use crate::counters::Counters;
+use crate::metrics::HandleTimer;
 use crate::report::Report;
 use crate::supervisor::{StopFlag, Supervisor};
 use crate::workload_api::{self, Source, Workload, unless_cancelled};
@@ -268,6 +269,7 @@ async fn consume<W: Workload>(
     let mut batch: Vec<W::Item> = Vec::with_capacity(held - 1);
     let mut wakeups = 0u64;
     let mut pacer = Pacer::default();
+    let mut timer = HandleTimer::new();
     // Budget units due for the items taken at the last wake-up.
     let mut due = 0;
     loop {
@@ -300,7 +302,10 @@ async fn consume<W: Workload>(
         // Handled right here rather than in a helper `async fn`: a nested
         // future per item cost measurably more than the channel itself.
         for item in std::iter::once(first).chain(batch.drain(..)) {
-            match workload.handle(item).await {
+            let timing = timer.start();
+            let outcome = workload.handle(item).await;
+            timer.stop(timing);
+            match outcome {
                 Ok(()) => handled += 1,
                 Err(error) => {
                     failed += 1;

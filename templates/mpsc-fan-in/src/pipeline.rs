@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::coop::{self, Pacer};
 use crate::counters::Counters;
+use crate::metrics::HandleTimer;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workload_api::{self, Source, Workload, unless_cancelled};
@@ -196,6 +197,7 @@ async fn consume<W: Workload>(
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut batch = Vec::with_capacity(RECV_BATCH);
     let mut receives = 0u64;
+    let mut timer = HandleTimer::new();
     while rx.recv_many(&mut batch, RECV_BATCH).await > 0 {
         // Reading the depth touches the cache line the producers write, so it
         // is sampled rather than read on every receive.
@@ -204,7 +206,10 @@ async fn consume<W: Workload>(
         }
         receives += 1;
         for item in batch.drain(..) {
-            match workload.handle(item).await {
+            let timing = timer.start();
+            let outcome = workload.handle(item).await;
+            timer.stop(timing);
+            match outcome {
                 Ok(()) => handled += 1,
                 Err(error) => {
                     failed += 1;

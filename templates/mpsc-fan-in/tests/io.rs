@@ -14,6 +14,11 @@ use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
+/// The environment variable behind `--metrics-addr`. Every run here gets an
+/// endpoint on a free port (where the project has one), so that the tests,
+/// which run at once, do not fight over the default port.
+const METRICS_ADDR_VAR: &str = "{{crate_name | upcase}}_METRICS_ADDR";
+
 /// How long any one step may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -35,6 +40,7 @@ impl Service {
             .args(args)
             .args(["--report", "json", "--progress-secs", "0"])
             .env_remove("RUST_LOG")
+            .env(METRICS_ADDR_VAR, "127.0.0.1:0")
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -255,7 +261,11 @@ fn unusable_input_output_or_port_exit_2() {
         &["--listen", &port][..],
         &["--listen", "not-an-address"][..],
     ] {
-        let output = Command::new(BINARY).args(args).output().unwrap();
+        let output = Command::new(BINARY)
+            .args(args)
+            .env(METRICS_ADDR_VAR, "127.0.0.1:0")
+            .output()
+            .unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();

@@ -5,13 +5,14 @@
 //! - [`workload`]: your item type, blocking I/O and async handling; the one
 //!   module to edit.
 //! - [`pipeline`]: the topology (threads, tasks, channels).
-//! - [`config`], [`telemetry`], [`shutdown`], [`supervisor`], [`coop`],
-//!   [`counters`], [`report`]: the service chassis, the same in every
-//!   Conveyor template.
+//! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`supervisor`],
+//!   [`coop`], [`counters`], [`report`]: the service chassis, the same in
+//!   every Conveyor template.
 
 pub mod config;
 pub mod coop;
 pub mod counters;
+pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod shutdown;

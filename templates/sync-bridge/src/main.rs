@@ -1,6 +1,6 @@
 //! Entry point: parse the configuration, set up logging, listen for shutdown
-//! signals, run the pipeline until it finishes or is told to stop, and print
-//! the report.
+//! signals, serve the metrics endpoint, run the pipeline until it finishes or
+//! is told to stop, and print the report.
 //!
 //! Exit codes: 0 clean run, 1 pipeline error, 2 bad configuration, 3 the
 //! drain outlived `--drain-timeout` (without a pipeline error), 130 a second
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use {{crate_name}}::config::{self, Config};
 use {{crate_name}}::report::EXIT_PIPELINE_ERROR;
-use {{crate_name}}::{shutdown, telemetry, workload};
+use {{crate_name}}::{metrics, shutdown, telemetry, workload};
 
 const BAD_CONFIG: u8 = 2;
 
@@ -36,6 +36,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_PIPELINE_ERROR);
         }
     };
+    // The endpoint binds before any work starts, so a taken port is a
+    // configuration error rather than a service that runs unobserved.
+    if let Err(error) = metrics::serve(&config.metrics, &shutdown) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(BAD_CONFIG);
+    }
     // The workload opens its input and output and binds its listener before
     // the pipeline starts, so a bad path or a taken port is a configuration
     // error with one line of explanation.

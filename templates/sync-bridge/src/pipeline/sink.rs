@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DEPTH_SAMPLE_EVERY, counted};
 use crate::counters::Counters;
+use crate::metrics::HandleTimer;
 use crate::supervisor::Supervisor;
 
 /// The blocking half that takes results: a file writer, a blocking database
@@ -109,12 +110,16 @@ fn drain<S: BlockingSink>(
     let slot = counters.worker(0);
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut receives = 0u64;
+    let mut timer = HandleTimer::new();
     while let Ok(outcome) = rx.recv() {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
         receives += 1;
-        match outcome.map(|item| sink.write(&mut writer, item)) {
+        let timing = timer.start();
+        let written = outcome.map(|item| sink.write(&mut writer, item));
+        timer.stop(timing);
+        match written {
             Some(Ok(())) => handled += 1,
             Some(Err(error)) => {
                 failed += 1;

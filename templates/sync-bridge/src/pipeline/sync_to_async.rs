@@ -17,6 +17,7 @@ use super::source::{self, BlockingSource, InputPath};
 use crate::config::{Config, task_count};
 use crate::coop::{self, Pacer};
 use crate::counters::Counters;
+use crate::metrics::HandleTimer;
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 
@@ -97,12 +98,16 @@ async fn work<W: Workload>(
     let mut pacer = Pacer::default();
     let (mut handled, mut failed) = (0u64, 0u64);
     let mut receives = 0u64;
+    let mut timer = HandleTimer::new();
     while let Ok(item) = rx.recv_async().await {
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
             counters.observe_queue_depth(rx.len() + 1);
         }
         receives += 1;
-        match workload.process(item).await {
+        let timing = timer.start();
+        let outcome = workload.process(item).await;
+        timer.stop(timing);
+        match outcome {
             Ok(()) => handled += 1,
             Err(error) => {
                 failed += 1;
