@@ -41,5 +41,5 @@ impl HandleTimer {
 
     /// Call after handling the item [`Self::start`] was called for.
     #[inline]
-    pub fn stop(&self, _started: Option<std::time::Instant>) {}
+    pub fn stop(&mut self, _started: Option<std::time::Instant>) {}
 }
