@@ -4,11 +4,15 @@
 //! Every run of the binary has a deadline, after which the test kills it and
 //! fails: a service that hangs fails the suite instead of hanging it.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use support::{signal, wait_within};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
@@ -210,29 +214,6 @@ fn start_endless(args: &[&str]) -> Child {
         panic!("the service never logged its start");
     }
     child
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {name} failed");
-}
-
-/// Waits for the child to exit, failing the test after `deadline`.
-fn wait_within(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > deadline {
-            child.kill().ok();
-            panic!("the service did not exit within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGTERM drains the queue and exits 0 with a report in which every

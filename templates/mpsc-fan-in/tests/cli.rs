@@ -1,11 +1,15 @@
 //! The service as its users run it: the real binary, its exit codes, its
 //! report on stdout and its reaction to shutdown signals.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use support::{signal, wait_within};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
@@ -134,29 +138,6 @@ fn start_endless(args: &[&str]) -> Child {
     // Keep draining stderr so the service never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     child
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([name, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {name} failed");
-}
-
-/// Waits for the child to exit, failing the test after `deadline`.
-fn wait_within(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > deadline {
-            child.kill().ok();
-            panic!("the service did not exit within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGTERM drains the queue and exits 0 with a report in which every

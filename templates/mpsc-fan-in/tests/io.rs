@@ -2,6 +2,8 @@
 //! stdin and from TCP clients, NDJSON out, and the bad input a service that
 //! faces a network gets. Every wait has a deadline.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -111,11 +113,7 @@ impl Service {
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        support::signal(&self.child, "-TERM");
     }
 
     /// Waits for the exit; returns its status and the JSON report.

@@ -85,11 +85,7 @@ impl Service {
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        support::signal(&self.child, "-TERM");
     }
 
     /// Waits for the process to exit: its status and its JSON report.

@@ -1,11 +1,13 @@
-//! Helpers shared by the pipeline tests: runtimes of either flavor, and a
-//! deadline that holds even when the runtime under test is starved.
+//! Helpers shared by the tests: runtimes of either flavor, a deadline that
+//! holds even when the runtime under test is starved, and signals to and
+//! exits of the service binary.
 
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 
@@ -42,5 +44,29 @@ where
         Ok(value) => value,
         Err(RecvTimeoutError::Timeout) => panic!("the test did not finish within {limit:?}"),
         Err(RecvTimeoutError::Disconnected) => panic!("the test panicked (see above)"),
+    }
+}
+
+/// Sends the signal `name` (`-TERM`, `-INT`, `-KILL`, ...) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {name} failed");
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `deadline`.
+pub fn wait_within(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            child.kill().ok();
+            panic!("the service did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
