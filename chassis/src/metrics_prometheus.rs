@@ -127,6 +127,7 @@ static RUN: Mutex<Option<WatchedRun>> = Mutex::new(None);
 /// The handling-time histogram, once the endpoint is serving.
 static HANDLE_SECONDS: OnceLock<Histogram> = OnceLock::new();
 
+/// What the endpoint knows of the run it reports on.
 struct WatchedRun {
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -337,6 +338,7 @@ impl Exporter {
     }
 }
 
+/// A plain-text response.
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
