@@ -5,6 +5,7 @@
 //! `MY_SERVICE_CAPACITY`. Command-line flags win over the environment.
 
 use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -129,6 +130,16 @@ pub fn one_line(error: &clap::Error) -> String {
         .next()
         .unwrap_or("error: invalid arguments")
         .to_owned()
+}
+
+/// Reads an address flag: `IP:PORT`, or a bare `PORT` on the loopback
+/// address. A service faces untrusted input, so it listens only where it is
+/// told to, and "where" defaults to this machine alone.
+pub fn port_or_socket_addr(text: &str) -> Option<SocketAddr> {
+    match text.parse::<u16>() {
+        Ok(port) => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        Err(_) => text.parse().ok(),
+    }
 }
 
 /// `my-service` becomes `MY_SERVICE`.

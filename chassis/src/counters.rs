@@ -56,6 +56,17 @@ impl Totals {
     pub fn finished(&self) -> u64 {
         self.handled + self.failed
     }
+
+    /// What the report calls produced: items and rejected inputs. A rejected
+    /// input never entered the channel, so the balance leaves it out.
+    pub fn made(&self) -> u64 {
+        self.produced + self.rejected
+    }
+
+    /// What the report calls failed: failed items and rejected inputs.
+    pub fn failed_or_rejected(&self) -> u64 {
+        self.failed + self.rejected
+    }
 }
 
 impl Counters {

@@ -208,11 +208,9 @@ impl Supervisor {
         log_balance(&totals, &balance, drain_timed_out);
         Report {
             topology: self.topology,
-            // A rejected input never entered the channel, so the balance
-            // leaves it out; the report counts it as made and as failed.
-            produced: totals.produced + totals.rejected,
+            produced: totals.made(),
             handled: totals.handled,
-            failed: totals.failed + totals.rejected,
+            failed: totals.failed_or_rejected(),
             rejected: totals.rejected,
             abandoned: balance.abandoned,
             lost: balance.lost,

@@ -16,7 +16,7 @@
 //! live in `src/io/`: copy from there.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -349,12 +349,8 @@ impl Sink {
     }
 }
 
-/// Parses `HOST:PORT`, or a bare `PORT` on the loopback address: a service
-/// faces untrusted input, so it listens only where it is told to.
+/// Parses `--listen`: `IP:PORT`, or a bare `PORT` on the loopback address.
 fn listen_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    }
-    text.parse()
-        .map_err(|_| format!("`{text}` is not PORT or IP:PORT (e.g. 127.0.0.1:7878)"))
+    crate::config::port_or_socket_addr(text)
+        .ok_or_else(|| format!("`{text}` is not PORT or IP:PORT (e.g. 127.0.0.1:7878)"))
 }

@@ -13,7 +13,9 @@ use support::within;
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
 /// The prefix of every metric: the package name in snake case.
-const PREFIX: &str = "{{crate_name}}";
+fn prefix() -> String {
+    env!("CARGO_PKG_NAME").replace('-', "_")
+}
 
 /// Every test gets this long, whatever happens to the service under test.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -53,7 +55,9 @@ impl Service {
                 Err(RecvTimeoutError::Timeout) => panic!("the service never said where it serves"),
                 Err(RecvTimeoutError::Disconnected) => panic!("the service exited before serving"),
             };
-            if let Some(addr) = served_addr(&line) {
+            if line.contains("serving /metrics")
+                && let Some(addr) = support::loopback_addr_in(&line)
+            {
                 break format!("http://{addr}");
             }
         };
@@ -80,8 +84,8 @@ impl Service {
     fn metric(&self, name: &str) -> f64 {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "{body}");
-        value_of(&body, &format!("{PREFIX}_{name}"))
-            .unwrap_or_else(|| panic!("no {PREFIX}_{name} in the scrape:\n{body}"))
+        let metric = format!("{}_{name}", prefix());
+        value_of(&body, &metric).unwrap_or_else(|| panic!("no {metric} in the scrape:\n{body}"))
     }
 
     fn terminate(&self) {
@@ -109,20 +113,6 @@ impl Drop for Service {
         // A test that fails halfway must not leave a service running.
         let _ = self.child.kill();
     }
-}
-
-/// The address in the log line that announces the endpoint, in either log
-/// format (`addr=127.0.0.1:PORT` or `"addr":"127.0.0.1:PORT"`).
-fn served_addr(line: &str) -> Option<String> {
-    if !line.contains("serving /metrics") {
-        return None;
-    }
-    let start = line.find("127.0.0.1:")?;
-    let addr: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
-    Some(addr)
 }
 
 /// The value of an unlabelled sample `name` in Prometheus text.
@@ -162,9 +152,10 @@ fn counters_advance_while_the_service_runs() {
             service.metric("handle_duration_seconds_count") > 0.0
         });
         let (_, body) = service.get("/metrics");
-        let first_worker = format!("{PREFIX}_worker_items_handled_total") + r#"{worker="0"}"#;
+        let prefix = prefix();
+        let first_worker = format!("{prefix}_worker_items_handled_total") + r#"{worker="0"}"#;
         assert!(body.contains(&first_worker), "per-worker counts:\n{body}");
-        assert!(body.contains(&format!("# TYPE {PREFIX}_queue_depth gauge")));
+        assert!(body.contains(&format!("# TYPE {prefix}_queue_depth gauge")));
         service.terminate();
         let (status, report) = service.wait();
         assert_eq!(status.code(), Some(0), "{report}");

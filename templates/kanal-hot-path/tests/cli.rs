@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::{signal, wait_within};
+use support::{metrics_on_a_free_port, signal, wait_within};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
@@ -19,17 +19,11 @@ const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 /// SCREAMING_SNAKE_CASE, then the flag).
 const ITEMS_VAR: &str = "{{crate_name | upcase}}_ITEMS";
 
-/// The environment variable behind `--metrics-addr`. Every run here gets an
-/// endpoint on a free port (where the project has one), so that the tests,
-/// which run at once, do not fight over the default port.
-const METRICS_ADDR_VAR: &str = "{{crate_name | upcase}}_METRICS_ADDR";
-
 fn service() -> Command {
     let mut command = Command::new(BINARY);
-    command
+    metrics_on_a_free_port(&mut command)
         .env_remove("RUST_LOG")
-        .env_remove(ITEMS_VAR)
-        .env(METRICS_ADDR_VAR, "127.0.0.1:0");
+        .env_remove(ITEMS_VAR);
     command
 }
 

@@ -16,11 +16,6 @@ use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_{{project-name}}");
 
-/// The environment variable behind `--metrics-addr`. Every run here gets an
-/// endpoint on a free port (where the project has one), so that the tests,
-/// which run at once, do not fight over the default port.
-const METRICS_ADDR_VAR: &str = "{{crate_name | upcase}}_METRICS_ADDR";
-
 /// How long any one step may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -38,11 +33,10 @@ impl Service {
     }
 
     fn start_with_stdin(args: &[&str], stdin: Stdio) -> Self {
-        let mut child = Command::new(BINARY)
+        let mut child = support::metrics_on_a_free_port(&mut Command::new(BINARY))
             .args(args)
             .args(["--report", "json", "--progress-secs", "0"])
             .env_remove("RUST_LOG")
-            .env(METRICS_ADDR_VAR, "127.0.0.1:0")
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -102,14 +96,7 @@ impl Service {
     /// The address the service listens on, from its "listening" log line.
     fn listen_addr(&mut self) -> SocketAddr {
         let line = self.wait_for_log("listening", 1);
-        let start = line
-            .find("127.0.0.1:")
-            .expect("a loopback address in the line");
-        let addr: String = line[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-            .collect();
-        addr.parse().expect("a socket address")
+        support::loopback_addr_in(&line).expect("a loopback address in the line")
     }
 
     fn terminate(&self) {
@@ -259,9 +246,8 @@ fn unusable_input_output_or_port_exit_2() {
         &["--listen", &port][..],
         &["--listen", "not-an-address"][..],
     ] {
-        let output = Command::new(BINARY)
+        let output = support::metrics_on_a_free_port(&mut Command::new(BINARY))
             .args(args)
-            .env(METRICS_ADDR_VAR, "127.0.0.1:0")
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");

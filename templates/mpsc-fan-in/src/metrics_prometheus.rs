@@ -14,7 +14,7 @@
 //! them. The one figure measured on the hot path, how long the handler takes,
 //! is sampled: about one item per [`SAMPLE_GAP`] per consumer.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -66,22 +66,15 @@ fn metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     if text == "off" {
         return Ok(MetricsAddr::Off);
     }
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(MetricsAddr::At(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-        )));
-    }
-    text.parse()
+    crate::config::port_or_socket_addr(text)
         .map(MetricsAddr::At)
-        .map_err(|_| format!("`{text}` is not off, PORT or IP:PORT (e.g. {DEFAULT_ADDR})"))
+        .ok_or_else(|| format!("`{text}` is not off, PORT or IP:PORT (e.g. {DEFAULT_ADDR})"))
 }
 
 /// Binds the endpoint now, so a taken port or a refused address is an error
 /// before any work starts, then serves it from a task until the process
-/// exits. `shutdown` is the process's shutdown request: `/readyz` turns 503
-/// as soon as it is cancelled. Does nothing with `--metrics-addr off`.
-pub fn serve(args: &MetricsArgs, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// exits. Does nothing with `--metrics-addr off`.
+pub fn serve(args: &MetricsArgs) -> anyhow::Result<()> {
     let MetricsAddr::At(addr) = args.metrics_addr else {
         return Ok(());
     };
@@ -101,7 +94,7 @@ pub fn serve(args: &MetricsArgs, shutdown: &CancellationToken) -> anyhow::Result
     metrics::set_global_recorder(recorder).context("a metrics recorder is already installed")?;
     // Handles taken before the recorder is installed record nothing, so
     // every one is taken from here on.
-    let exporter = Arc::new(Exporter::new(handle, shutdown.clone()));
+    let exporter = Arc::new(Exporter::new(handle));
     let _ = HANDLE_SECONDS.set(metrics::histogram!(name("handle_duration_seconds")));
 
     tokio::spawn(accept(listener, exporter));
@@ -111,7 +104,8 @@ pub fn serve(args: &MetricsArgs, shutdown: &CancellationToken) -> anyhow::Result
 
 /// Lets the endpoint read a run's counters and know whether it still takes
 /// work. The supervisor calls it when a run starts; `stop` is cancelled when
-/// the drain begins, `done` when the run has ended.
+/// the drain begins (it is a child of the shutdown request, so a signal
+/// cancels it too), `done` when the run has ended.
 pub fn watch_run(counters: &Arc<Counters>, stop: &CancellationToken, done: &CancellationToken) {
     let run = WatchedRun {
         counters: Arc::clone(counters),
@@ -218,7 +212,6 @@ fn name(suffix: &str) -> String {
 /// Turns the run's counters into Prometheus metrics when scraped.
 struct Exporter {
     handle: PrometheusHandle,
-    shutdown: CancellationToken,
     produced: Counter,
     rejected: Counter,
     handled: Counter,
@@ -229,7 +222,7 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn new(handle: PrometheusHandle, shutdown: CancellationToken) -> Self {
+    fn new(handle: PrometheusHandle) -> Self {
         let counter = |suffix: &str, help: &'static str| {
             metrics::describe_counter!(name(suffix), Unit::Count, help);
             metrics::counter!(name(suffix))
@@ -250,7 +243,6 @@ impl Exporter {
         );
         Self {
             handle,
-            shutdown,
             produced: counter(
                 "items_produced_total",
                 "Items made by the sources, rejected inputs included.",
@@ -284,12 +276,11 @@ impl Exporter {
         let run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(run) = run.as_ref() {
             let totals = run.counters.totals();
-            // The report counts a rejected input as produced and as failed;
-            // so do the metrics, so that the two always agree.
-            self.produced.absolute(totals.produced + totals.rejected);
+            // The same figures as the report's, so that the two always agree.
+            self.produced.absolute(totals.made());
             self.rejected.absolute(totals.rejected);
             self.handled.absolute(totals.handled);
-            self.failed.absolute(totals.failed + totals.rejected);
+            self.failed.absolute(totals.failed_or_rejected());
             self.stall_episodes.absolute(run.counters.stall_episodes());
             self.queue_depth.set(run.counters.queue_depth() as f64);
             self.in_flight
@@ -309,9 +300,6 @@ impl Exporter {
     /// Whether the pipeline takes work: a run has started, and neither a
     /// shutdown nor a failed stage has begun its drain, and it has not ended.
     fn ready(&self) -> bool {
-        if self.shutdown.is_cancelled() {
-            return false;
-        }
         let run = RUN.lock().unwrap_or_else(PoisonError::into_inner);
         run.as_ref()
             .is_some_and(|run| !run.stop.is_cancelled() && !run.done.is_cancelled())

@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
     };
     // The endpoint binds before any work starts, so a taken port is a
     // configuration error rather than a service that runs unobserved.
-    if let Err(error) = metrics::serve(&config.metrics, &shutdown) {
+    if let Err(error) = metrics::serve(&config.metrics) {
         eprintln!("error: {error:#}");
         return ExitCode::from(BAD_CONFIG);
     }

@@ -16,7 +16,7 @@ use crate::counters::Counters;
 pub struct MetricsArgs {}
 
 /// Nothing to serve.
-pub fn serve(_args: &MetricsArgs, _shutdown: &CancellationToken) -> anyhow::Result<()> {
+pub fn serve(_args: &MetricsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 

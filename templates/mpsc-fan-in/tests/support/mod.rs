@@ -5,6 +5,7 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -69,4 +70,27 @@ pub fn wait_within(child: &mut Child, deadline: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Gives the service its metrics endpoint on a free port, where the project
+/// has one, so that tests running at once do not fight over the default
+/// port. It goes through the environment variable behind `--metrics-addr`
+/// (package name in SCREAMING_SNAKE_CASE, then the flag), which a project
+/// without the endpoint ignores.
+pub fn metrics_on_a_free_port(command: &mut Command) -> &mut Command {
+    let prefix = env!("CARGO_PKG_NAME")
+        .replace('-', "_")
+        .to_ascii_uppercase();
+    command.env(format!("{prefix}_METRICS_ADDR"), "127.0.0.1:0")
+}
+
+/// The first loopback address (`127.0.0.1:PORT`) in a log line, in either
+/// log format.
+pub fn loopback_addr_in(line: &str) -> Option<SocketAddr> {
+    let start = line.find("127.0.0.1:")?;
+    let addr: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse().ok()
 }
