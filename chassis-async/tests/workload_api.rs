@@ -36,10 +36,19 @@ impl Source for Script {
     type Item = u64;
 
     async fn next(&mut self) -> anyhow::Result<Option<u64>> {
-        match self.0.pop_front() {
-            Some(Item(item)) => Ok(Some(item)),
-            Some(Reject) => anyhow::bail!("unreadable input"),
+        match self.0.front() {
+            // The step stays: asked again (after a batch's linger dropped
+            // this future, say), the source is still waiting.
             Some(Wait) => std::future::pending().await,
+            Some(Item(item)) => {
+                let item = *item;
+                self.0.pop_front();
+                Ok(Some(item))
+            }
+            Some(Reject) => {
+                self.0.pop_front();
+                anyhow::bail!("unreadable input")
+            }
             None => Ok(None),
         }
     }
@@ -91,8 +100,8 @@ impl Workload for Scripted {
         }
     }
 
-    async fn handle(&self, item: u64) -> anyhow::Result<()> {
-        self.handled.lock().unwrap().push(item);
+    async fn handle(&self, item: &u64) -> anyhow::Result<()> {
+        self.handled.lock().unwrap().push(*item);
         Ok(())
     }
 
@@ -132,7 +141,8 @@ async fn run(workload: Scripted, cancel_after: Option<Duration>) -> (Report, Arc
         pipeline::run(&config(), Arc::clone(&workload), shutdown),
     )
     .await
-    .expect("the run must end");
+    .expect("the run must end")
+    .expect("the run must start");
     (report, workload)
 }
 

@@ -1,8 +1,10 @@
 //! Throughput of the template's pipeline next to bare work-stealing loops of
 //! the same shape: 1 producer task, a channel of capacity 64, 4 spawned
 //! consumers that share one receiver. The template runs the demo of
-//! numbered jobs (one-word `Job` items); "bare flume, 4 tasks" sends plain
-//! `u64`s through a plain loop, so the gap to it is what the scaffold costs;
+//! numbered jobs (one-word `Job` items), item by item and in batches of 256;
+//! "bare flume, 4 tasks" sends plain `u64`s one per message through a plain
+//! loop, so the gap between it and the item-by-item pipeline is what the
+//! scaffold costs, and the batched pipeline shows what batching gains;
 //! "bare flume, 4 threads" shows what OS-thread workers cost on this
 //! channel; async-channel and kanal show what another channel crate would
 //! give for this shape.
@@ -36,7 +38,9 @@ fn runtime() -> Runtime {
 
 async fn template_pipeline(config: &Config) -> u64 {
     let workload = DemoWorkload::new(config).expect("the demo workload needs no files here");
-    let report = pipeline::run(config, workload, CancellationToken::new()).await;
+    let report = pipeline::run(config, workload, CancellationToken::new())
+        .await
+        .expect("the pipeline starts");
     report.handled
 }
 
@@ -147,21 +151,28 @@ async fn bare_kanal() -> u64 {
 
 fn work_stealing(c: &mut Criterion) {
     let runtime = runtime();
-    let config = Config::try_parse_from([
-        "bench".to_owned(),
-        "--producers=1".to_owned(),
-        format!("--workers={WORKERS}"),
-        format!("--capacity={CAPACITY}"),
-        format!("--items={ITEMS}"),
-        "--progress-secs=0".to_owned(),
-    ])
-    .unwrap();
+    let config = |batch_max: usize| {
+        Config::try_parse_from([
+            "bench".to_owned(),
+            "--producers=1".to_owned(),
+            format!("--workers={WORKERS}"),
+            format!("--capacity={CAPACITY}"),
+            format!("--items={ITEMS}"),
+            format!("--batch-max={batch_max}"),
+            "--progress-secs=0".to_owned(),
+        ])
+        .unwrap()
+    };
+    let (item_by_item, batches) = (config(1), config(256));
 
     let mut group = c.benchmark_group("work-stealing 1 producer 4 workers capacity 64");
     group.throughput(Throughput::Elements(ITEMS));
     group.sample_size(20);
-    group.bench_function("template pipeline", |b| {
-        b.iter(|| black_box(runtime.block_on(template_pipeline(&config))))
+    group.bench_function("template pipeline, item by item", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&item_by_item))))
+    });
+    group.bench_function("template pipeline, batches of 256", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&batches))))
     });
     group.bench_function("bare flume, 4 tasks", |b| {
         b.iter(|| black_box(runtime.block_on(bare_flume_tasks())))

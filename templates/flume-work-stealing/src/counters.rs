@@ -27,12 +27,15 @@ pub struct ProducerSlot {
     rejected: AtomicU64,
 }
 
-/// What one worker has finished. Written only by that worker.
+/// What one worker has finished, and what its failure policy did. Written
+/// only by that worker.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct WorkerSlot {
     handled: AtomicU64,
     failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 /// A sum of all slots at one moment.
@@ -45,8 +48,12 @@ pub struct Totals {
     pub rejected: u64,
     /// Items whose handler returned `Ok`.
     pub handled: u64,
-    /// Items whose handler returned an error.
+    /// Items whose handler returned an error (after any retries).
     pub failed: u64,
+    /// Items handed to their handler more than once.
+    pub retried: u64,
+    /// Failed items written to the dead-letter file.
+    pub dead_lettered: u64,
     /// `handled` per worker, in worker order.
     pub handled_per_worker: Vec<u64>,
 }
@@ -66,6 +73,12 @@ impl Totals {
     /// What the report calls failed: failed items and rejected inputs.
     pub fn failed_or_rejected(&self) -> u64 {
         self.failed + self.rejected
+    }
+
+    /// Failed items that were not kept anywhere: no dead-letter file was
+    /// given, or writing to it failed. Only the log has them.
+    pub fn dropped(&self) -> u64 {
+        self.failed.saturating_sub(self.dead_lettered)
     }
 }
 
@@ -131,7 +144,9 @@ impl Counters {
             .iter()
             .map(|w| w.handled.load(Relaxed))
             .collect();
-        let failed = self.workers.iter().map(|w| w.failed.load(Relaxed)).sum();
+        let sum = |field: fn(&WorkerSlot) -> &AtomicU64| -> u64 {
+            self.workers.iter().map(|w| field(w).load(Relaxed)).sum()
+        };
         Totals {
             produced: self
                 .producers
@@ -144,7 +159,9 @@ impl Counters {
                 .map(|p| p.rejected.load(Relaxed))
                 .sum(),
             handled: handled_per_worker.iter().sum(),
-            failed,
+            failed: sum(|w| &w.failed),
+            retried: sum(|w| &w.retried),
+            dead_lettered: sum(|w| &w.dead_lettered),
             handled_per_worker,
         }
     }
@@ -168,6 +185,13 @@ impl WorkerSlot {
         self.handled.store(handled, Relaxed);
         self.failed.store(failed, Relaxed);
     }
+
+    /// Publishes what this worker's failure policy has done so far: items
+    /// retried, and failed items written to the dead-letter file.
+    pub fn publish_policy(&self, retried: u64, dead_lettered: u64) {
+        self.retried.store(retried, Relaxed);
+        self.dead_lettered.store(dead_lettered, Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +206,7 @@ mod tests {
         counters.producer(1).publish_rejected(2);
         counters.worker(0).publish(5, 1);
         counters.worker(1).publish(1, 0);
+        counters.worker(0).publish_policy(2, 1);
         counters.observe_queue_depth(7);
         counters.observe_queue_depth(2);
         let totals = counters.totals();
@@ -189,6 +214,8 @@ mod tests {
         assert_eq!(totals.finished(), 7);
         assert_eq!(totals.rejected, 2);
         assert_eq!(totals.handled_per_worker, vec![5, 1]);
+        assert_eq!((totals.retried, totals.dead_lettered), (2, 1));
+        assert_eq!(totals.dropped(), 0);
         assert_eq!(counters.queue_depth(), 2);
         assert_eq!(counters.peak_queue_depth(), 7);
     }

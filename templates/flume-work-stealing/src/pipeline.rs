@@ -9,6 +9,11 @@
 //! producer … (Source) ─┘                          └─▶ worker … ─▶ Workload::handle
 //! ```
 //!
+//! With `--batch-max` above 1 the channel carries batches: each producer
+//! fills one from its source and sends it when it is full or has lingered
+//! `--linger-ms` ([`crate::delivery`]), and whichever worker is free takes
+//! the next batch and hands it to `Workload::handle_batch`.
+//!
 //! How a worker runs (async task or OS thread) lives in [`crate::workers`];
 //! everything here is the same for both kinds, and so is the workload: both
 //! kinds run the same [`Workload`] from `src/workload.rs`.
@@ -24,17 +29,16 @@
 //! report belong to [`crate::supervisor`]; this module holds only the
 //! channel, the stages and their loops.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use flume::TrySendError;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::Config;
-use crate::counters::Counters;
-use crate::metrics::HandleTimer;
+use crate::counters::{Counters, ProducerSlot};
+use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
@@ -43,12 +47,15 @@ use crate::workload_api::{self, Source, Workload, unless_cancelled};
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "flume-work-stealing";
 
+/// `--batch-max` when it is not given: how this project was generated.
+pub const DEFAULT_BATCH_MAX: &str = {% if batching %}"256"{% else %}"1"{% endif %};
+
 /// Producers look at the cancellation token at least once per this many
 /// items, even when neither their source nor the channel makes them wait,
 /// and after every send that had to wait for a free slot.
 const CANCEL_CHECK_EVERY: u64 = 64;
 
-/// Each worker samples the queue depth once per this many items.
+/// Each worker samples the queue depth once per this many messages.
 const DEPTH_SAMPLE_EVERY: u64 = 64;
 
 /// Flags of this topology, and those of the workload.
@@ -61,91 +68,179 @@ pub struct TopologyArgs {
     /// Flags of the workload (`src/workload.rs`).
     #[command(flatten)]
     pub workload: crate::workload::WorkloadArgs,
+
+    /// Batches, retries and the dead-letter file (`src/delivery.rs`).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// The most items that can be produced but not yet finished at any moment:
-/// the channel's capacity, one item per producer waiting in `send_async` for
-/// a free slot (its source already made it, and flume keeps a waiting
-/// sender's item outside the queue), and one item in the hands of each
-/// worker.
-pub const fn max_in_flight(capacity: usize, producers: usize, workers: usize) -> usize {
-    capacity + producers + workers
+/// a message (an item, or a batch of up to `batch_max`) in each of the
+/// channel's `capacity` slots, in each producer's hands (filling it, or
+/// waiting in `send_async` for a free slot: flume keeps a waiting sender's
+/// message outside the queue), and in the hands of each worker.
+pub const fn max_in_flight(
+    capacity: usize,
+    producers: usize,
+    workers: usize,
+    batch_max: usize,
+) -> usize {
+    (capacity + producers + workers) * batch_max
 }
 
 /// Runs the pipeline until every source has ended and its items are handled,
 /// or `shutdown` is cancelled and the queued items are drained (within
-/// `--drain-timeout`).
-pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+/// `--drain-timeout`). Fails before it starts if the dead-letter file cannot
+/// be created.
+pub async fn run<W: Workload>(
+    config: &Config,
+    workload: W,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Report> {
     let producers = workload.producers();
     let worker_count = config.topology.workers;
+    let delivery = &config.topology.delivery;
     let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, worker_count);
+    let policy = Arc::new(FailurePolicy::new(
+        delivery,
+        supervisor.stop_token().clone(),
+    )?);
     let workload = Arc::new(workload);
-    let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
     tracing::info!(
         producers,
         workers = worker_count,
         worker_kind = workers::KIND,
         capacity = config.capacity,
+        batch_max = delivery.batch_max,
         "pipeline started"
     );
 
     // Workers start first: if one cannot start, the supervisor has already
     // cancelled the stop token when the producers look at it, and they make
     // nothing.
-    for id in 0..worker_count {
-        let counters = Arc::clone(supervisor.counters());
-        let worker = Worker::new(id, rx.clone(), Arc::clone(&workload), counters);
-        workers::spawn(worker, &mut supervisor);
-    }
+    //
     // Producers notice that every worker is gone (all panicked) only when the
     // last `Receiver` is dropped: a producer waiting in `send_async` for a
-    // slot cannot see the stop token. The workers own clones; this original
-    // must go now, or producers would wait forever for a slot nobody frees.
-    drop(rx);
-
-    for id in 0..producers {
-        let producer = Producer {
-            id,
-            tx: tx.clone(),
-            workload: Arc::clone(&workload),
-            counters: Arc::clone(supervisor.counters()),
-            stop: supervisor.stop_token().clone(),
-        };
-        let span = tracing::info_span!("producer", id);
-        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
-    }
+    // slot cannot see the stop token. The workers own clones; the original
+    // goes with the `Workers` value, before any producer starts.
+    //
     // Workers see the end of input only when every `Sender` is gone. The
-    // producers own clones; this original must go now, or the workers would
-    // wait forever for items that never come.
-    drop(tx);
+    // producers own clones; the original goes with `Producer::all`.
+    let settler = |id| {
+        let counters = Arc::clone(supervisor.counters());
+        Settler::new(Arc::clone(&workload), Arc::clone(&policy), counters, id)
+    };
+    if delivery.batches() {
+        let (tx, rx) = flume::bounded::<Vec<W::Item>>(config.capacity);
+        let workers: Vec<_> = (0..worker_count)
+            .map(|id| Worker::new(id, rx.clone(), settler(id)))
+            .collect();
+        drop(rx);
+        for worker in workers {
+            workers::spawn_batches(worker, &mut supervisor);
+        }
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            let batcher = Batcher::new(delivery.batch_max, delivery.linger());
+            spawn_producer(&mut supervisor, producer.id, producer.run_batches(batcher));
+        }
+    } else {
+        let (tx, rx) = flume::bounded::<W::Item>(config.capacity);
+        let workers: Vec<_> = (0..worker_count)
+            .map(|id| Worker::new(id, rx.clone(), settler(id)))
+            .collect();
+        drop(rx);
+        for worker in workers {
+            workers::spawn_items(worker, &mut supervisor);
+        }
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            spawn_producer(&mut supervisor, producer.id, producer.run_items());
+        }
+    }
 
     let mut report = supervisor.finish().await;
     workload_api::close(&*workload, &mut report).await;
-    report
+    policy.close(&mut report).await;
+    Ok(report)
 }
 
-/// One producer task and everything it needs.
-struct Producer<W: Workload> {
+fn spawn_producer<F>(supervisor: &mut Supervisor, id: usize, producer: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let span = tracing::info_span!("producer", id);
+    supervisor.spawn_task(format!("producer {id}"), span, producer);
+}
+
+/// One producer task and everything it needs; `M` is what it sends, an item
+/// or a batch of them.
+struct Producer<W: Workload, M> {
     id: usize,
-    tx: flume::Sender<W::Item>,
+    tx: flume::Sender<M>,
     workload: Arc<W>,
     counters: Arc<Counters>,
     stop: CancellationToken,
 }
 
-impl<W: Workload> Producer<W> {
-    /// Opens this producer's source and sends what it makes until it ends,
-    /// the run is cancelled or every worker is gone. Fails when the source
-    /// cannot be opened.
-    async fn run(self) -> anyhow::Result<()> {
+impl<W: Workload, M: Send + 'static> Producer<W, M> {
+    /// One producer per source of the workload, each with a clone of `tx`,
+    /// which is dropped here: the producers own the only senders.
+    fn all(supervisor: &Supervisor, workload: &Arc<W>, tx: flume::Sender<M>) -> Vec<Self> {
+        (0..workload.producers())
+            .map(|id| Producer {
+                id,
+                tx: tx.clone(),
+                workload: Arc::clone(workload),
+                counters: Arc::clone(supervisor.counters()),
+                stop: supervisor.stop_token().clone(),
+            })
+            .collect()
+    }
+
+    /// Opens this producer's source; `None` when it has nothing to read or
+    /// the run is cancelled first. Opening may wait (for a connection, say),
+    /// so it is raced against cancellation; the workload's contract makes
+    /// that safe.
+    async fn open(
+        &self,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> anyhow::Result<Option<W::Source>> {
+        tokio::select! {
+            opened = self.workload.open(self.id) => opened.context("opening the source"),
+            () = cancelled => Ok(None),
+        }
+    }
+
+    /// Sends `message`; `Ok(true)` when it had to wait for a free slot, `Err`
+    /// when every worker is gone (they all failed): the message goes down
+    /// with them.
+    ///
+    /// `try_send` is the fast path while the channel has room. When it is
+    /// full, `send_async` waits for a slot, and that wait is never raced
+    /// against cancellation in `select!`: flume keeps a waiting sender's
+    /// message inside the send future, so dropping the future either drops
+    /// the message or, if a worker took it a moment before, delivers it
+    /// without telling us. Both break the accounting. The wait ends as soon
+    /// as a worker frees a slot, which workers keep doing until the channel
+    /// is empty, so it cannot hang a shutdown.
+    async fn send(&self, message: M) -> Result<bool, ()> {
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(false),
+            Err(TrySendError::Full(message)) => {
+                self.tx.send_async(message).await.map_err(drop)?;
+                Ok(true)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        }
+    }
+}
+
+impl<W: Workload> Producer<W, W::Item> {
+    /// Sends what the source makes, item by item, until it ends, the run is
+    /// cancelled or every worker is gone. Fails when the source cannot be
+    /// opened.
+    async fn run_items(self) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        // Opening may wait (for a connection, say), so it is raced against
-        // cancellation; the workload's contract makes that safe.
-        let opened = tokio::select! {
-            opened = self.workload.open(self.id) => opened,
-            () = &mut cancelled => return Ok(()),
-        };
-        let Some(mut source) = opened.context("opening the source")? else {
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -163,56 +258,36 @@ impl<W: Workload> Producer<W> {
             let Some(next) = unless_cancelled(pin!(source.next()), cancelled.as_mut()).await else {
                 break;
             };
-            let item = match next {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
-                Err(error) => {
-                    rejected += 1;
-                    slot.publish_rejected(rejected);
-                    input_rejected(&error);
-                    // A source that rejects input after input without
-                    // waiting must not keep its runtime thread either.
-                    tokio::task::consume_budget().await;
-                    continue;
+            match next {
+                Ok(Some(item)) => {
+                    let Ok(waited) = self.send(item).await else {
+                        // Counted as produced, the item the failed workers
+                        // took down shows up in the report as lost.
+                        slot.publish(produced + 1);
+                        break;
+                    };
+                    produced += 1;
+                    slot.publish(produced);
+                    // Having waited anyway, look at cancellation right away,
+                    // so a cancelled producer sends at most the one item it
+                    // held.
+                    if waited && self.stop.is_cancelled() {
+                        break;
+                    }
                 }
-            };
-            // From here the item is ours to deliver. `try_send` is the fast
-            // path while the channel has room. When it is full, `send_async`
-            // waits for a slot, and that wait is never raced against
-            // cancellation in `select!`: flume keeps a waiting sender's item
-            // inside the send future, so dropping the future either drops the
-            // item or, if a worker took it a moment before, delivers it
-            // without telling us. Both break the accounting. The wait ends as
-            // soon as a worker frees a slot, which workers keep doing until
-            // the channel is empty, so it cannot hang a shutdown.
-            let sent = match self.tx.try_send(item) {
-                Ok(()) => Ok(false),
-                Err(TrySendError::Full(item)) => self.tx.send_async(item).await.map(|()| true),
-                Err(TrySendError::Disconnected(item)) => Err(flume::SendError(item)),
-            };
-            let Ok(waited) = sent else {
-                // Only workers that all failed drop every receiver. The item
-                // in hand goes down with them: counted as produced, it shows
-                // up in the report as lost.
-                slot.publish(produced + 1);
-                break;
-            };
-            produced += 1;
-            slot.publish(produced);
-            // Having waited anyway, look at cancellation right away, so a
-            // cancelled producer sends at most the one item it held.
-            if waited && self.stop.is_cancelled() {
-                break;
+                Ok(None) => break,
+                Err(error) => reject(slot, &mut rejected, &error),
             }
             // flume takes no part in tokio's cooperative budget: `try_send`
             // succeeds without ever yielding while the channel has room, and
             // `send_async` need not wait either when a worker frees a slot
-            // just in time. With a source that is always ready, a producer
-            // would then keep its runtime thread for the whole run, starving
-            // the signal listener, the timers and every other task there.
-            // So every item spends a unit of the task's budget, as a send on
-            // a tokio channel would, and the producer yields about every 128
-            // items. That is far more often than the workers' pacer, and on
+            // just in time. With a source that is always ready (or one that
+            // rejects input after input), a producer would then keep its
+            // runtime thread for the whole run, starving the signal
+            // listener, the timers and every other task there. So every item
+            // spends a unit of the task's budget, as a send on a tokio
+            // channel would, and the producer yields about every 128 items.
+            // That is far more often than the workers' pacer, and on
             // purpose: a producer that yields this often lets the workers
             // take what it queued in runs, and the demo moved 1.5 times as
             // many items per second as with the pacer here (criterion, 1
@@ -224,69 +299,85 @@ impl<W: Workload> Producer<W> {
     }
 }
 
-/// Logs an input the source could not read; kept off the hot loop.
+impl<W: Workload> Producer<W, Vec<W::Item>> {
+    /// Sends what the source makes in batches until it ends, the run is
+    /// cancelled or every worker is gone. A partial batch is sent when its
+    /// linger passes, when the source ends, and on cancellation: nothing the
+    /// source returned is left behind. Fails when the source cannot be
+    /// opened.
+    async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
+        let mut cancelled = pin!(self.stop.cancelled());
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+            return Ok(());
+        };
+        let slot = self.counters.producer(self.id);
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        let mut batch = batcher.empty_batch();
+        loop {
+            let filled = batcher
+                .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
+                    reject(slot, &mut rejected, &error);
+                })
+                .await;
+            let size = batch.len() as u64;
+            if size > 0 {
+                let full = std::mem::replace(&mut batch, batcher.empty_batch());
+                if self.send(full).await.is_err() {
+                    slot.publish(produced + size);
+                    break;
+                }
+                produced += size;
+                slot.publish(produced);
+            }
+            if filled != Filled::Ready || self.stop.is_cancelled() {
+                break;
+            }
+            // A unit of budget per batch: neither an always-ready source nor
+            // a channel with room would ever make this task yield.
+            tokio::task::consume_budget().await;
+        }
+        tracing::debug!(produced, rejected, "producer finished");
+        Ok(())
+    }
+}
+
+/// Counts and logs an input the source could not read; kept off the hot
+/// loop.
 #[cold]
-fn input_rejected(error: &anyhow::Error) {
+fn reject(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
+    *rejected += 1;
+    slot.publish_rejected(*rejected);
     tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
-/// What every worker carries, whatever its kind: its receiver clone, the
-/// workload, and its own counter slot.
-pub(crate) struct Worker<W: Workload> {
+/// What every worker carries, whatever its kind: its receiver clone of a
+/// channel of `M` (items, or batches), and its [`Settler`], which runs the
+/// handlers and keeps the worker's counter slot.
+pub(crate) struct Worker<W: Workload, M> {
     pub(crate) id: usize,
-    pub(crate) rx: flume::Receiver<W::Item>,
-    pub(crate) workload: Arc<W>,
-    counters: Arc<Counters>,
-    handled: u64,
-    failed: u64,
-    timer: HandleTimer,
-    timing: Option<Instant>,
+    pub(crate) rx: flume::Receiver<M>,
+    pub(crate) settler: Settler<W>,
+    received: u64,
 }
 
-impl<W: Workload> Worker<W> {
-    fn new(
-        id: usize,
-        rx: flume::Receiver<W::Item>,
-        workload: Arc<W>,
-        counters: Arc<Counters>,
-    ) -> Self {
+impl<W: Workload, M> Worker<W, M> {
+    fn new(id: usize, rx: flume::Receiver<M>, settler: Settler<W>) -> Self {
         Self {
             id,
             rx,
-            workload,
-            counters,
-            handled: 0,
-            failed: 0,
-            timer: HandleTimer::new(),
-            timing: None,
+            settler,
+            received: 0,
         }
     }
 
-    /// Call right after taking an item. Samples the queue depth now and then
-    /// (reading it locks the channel, and the recorded peak is a shared
-    /// line), and starts the handling-time sample when one is due.
-    pub(crate) fn took_item(&mut self) {
-        if (self.handled + self.failed).is_multiple_of(DEPTH_SAMPLE_EVERY) {
-            self.counters.observe_queue_depth(self.rx.len() + 1);
+    /// Call right after taking a message. Samples the queue depth now and
+    /// then: reading it locks the channel, and the recorded peak is a shared
+    /// line.
+    #[inline]
+    pub(crate) fn took_message(&mut self) {
+        if self.received.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            self.settler.observe_queue_depth(self.rx.len() + 1);
         }
-        self.timing = self.timer.start();
-    }
-
-    /// Counts the outcome of one item and publishes it to this worker's slot.
-    /// After every item, never in batches: at any moment only the item in
-    /// hand is unaccounted for, so if the worker panics on its next item, the
-    /// report still knows exactly what it finished and loses only that one.
-    pub(crate) fn finished(&mut self, outcome: anyhow::Result<()>) {
-        self.timer.stop(self.timing.take());
-        match outcome {
-            Ok(()) => self.handled += 1,
-            Err(error) => {
-                self.failed += 1;
-                tracing::warn!(error = format!("{error:#}"), "item failed");
-            }
-        }
-        self.counters
-            .worker(self.id)
-            .publish(self.handled, self.failed);
+        self.received += 1;
     }
 }

@@ -20,33 +20,71 @@ use crate::workload_api::Workload;
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "tasks";
 
-/// Starts one worker task under the supervisor, which joins it and reports a
-/// panic. Spawning a task cannot fail.
-pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor) {
-    let id = worker.id;
-    let span = tracing::info_span!("worker", id);
-    supervisor.spawn_task(format!("worker {id}"), span, work(worker));
+/// Starts one worker task that takes items one by one under the
+/// supervisor, which joins it and reports a panic. Spawning a task cannot
+/// fail.
+pub(crate) fn spawn_items<W: Workload>(worker: Worker<W, W::Item>, supervisor: &mut Supervisor) {
+    spawn(worker.id, work_items(worker), supervisor);
 }
 
-/// Takes items until the channel is empty and every sender is gone.
-///
-/// The loop never races `recv_async` against anything in `select!`, not even
-/// against cancellation: dropping a pending `recv_async` future can lose the
-/// wake-up meant for it, leaving an item queued while every worker sleeps.
-/// Shutdown closes the channel instead (the producers stop and drop their
-/// senders), and `recv_async` returns `Err` once the queue is drained.
-async fn work<W: Workload>(mut worker: Worker<W>) {
+/// Starts one worker task that takes batches, like [`spawn_items`].
+pub(crate) fn spawn_batches<W: Workload>(
+    worker: Worker<W, Vec<W::Item>>,
+    supervisor: &mut Supervisor,
+) {
+    spawn(worker.id, work_batches(worker), supervisor);
+}
+
+fn spawn<F>(id: usize, work: F, supervisor: &mut Supervisor)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let span = tracing::info_span!("worker", id);
+    supervisor.spawn_task(format!("worker {id}"), span, work);
+}
+
+// Both loops take messages until the channel is empty and every sender is
+// gone. They never race `recv_async` against anything in `select!`, not even
+// against cancellation: dropping a pending `recv_async` future can lose the
+// wake-up meant for it, leaving a message queued while every worker sleeps.
+// Shutdown closes the channel instead (the producers stop and drop their
+// senders), and `recv_async` returns `Err` once the queue is drained.
+//
+// flume takes no part in tokio's cooperative budget either: with messages
+// always waiting and a handler that finishes without waiting on anything,
+// `recv_async` is ready every time and a loop would never yield its runtime
+// thread, starving the signal listener and the timers. The pacer makes it
+// yield now and then.
+
+/// Takes items one by one and hands each to the handler. The handler is
+/// called right here rather than through `Settler::item`: a nested future
+/// per item costs more than the channel does.
+async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     let mut pacer = Pacer::default();
     while let Ok(item) = worker.rx.recv_async().await {
-        worker.took_item();
-        let outcome = worker.workload.handle(item).await;
-        worker.finished(outcome);
-        // flume takes no part in tokio's cooperative budget: with items
-        // always waiting and a handler that finishes without waiting on
-        // anything, `recv_async` is ready every time and this loop would
-        // never yield its runtime thread, starving the signal listener and
-        // the timers. The pacer makes it yield now and then.
+        worker.took_message();
+        let settler = &mut worker.settler;
+        let timing = settler.timer().start();
+        let outcome = settler.workload().handle(&item).await;
+        settler.timer().stop(timing);
+        match outcome {
+            Ok(()) => settler.handled_one(),
+            Err(error) => settler.item_failed(item, error).await,
+        }
         let due = pacer.count(1);
+        if due > 0 {
+            coop::spend(due).await;
+        }
+    }
+}
+
+/// Takes batches and hands each to the batch handler.
+async fn work_batches<W: Workload>(mut worker: Worker<W, Vec<W::Item>>) {
+    let mut pacer = Pacer::default();
+    while let Ok(batch) = worker.rx.recv_async().await {
+        worker.took_message();
+        let due = pacer.count(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+        worker.settler.batch(batch).await;
         if due > 0 {
             coop::spend(due).await;
         }

@@ -31,11 +31,25 @@ use crate::workload_api::Workload;
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "threads";
 
-/// Starts one worker thread, named `worker-<id>`, under the supervisor. If
-/// the operating system refuses the thread, the supervisor counts a failed
-/// stage and stops the producers.
-pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor) {
-    let id = worker.id;
+/// Starts one worker thread, named `worker-<id>`, that takes items one by
+/// one under the supervisor. If the operating system refuses the thread, the
+/// supervisor counts a failed stage and stops the producers.
+pub(crate) fn spawn_items<W: Workload>(worker: Worker<W, W::Item>, supervisor: &mut Supervisor) {
+    spawn(worker.id, work_items(worker), supervisor);
+}
+
+/// Starts one worker thread that takes batches, like [`spawn_items`].
+pub(crate) fn spawn_batches<W: Workload>(
+    worker: Worker<W, Vec<W::Item>>,
+    supervisor: &mut Supervisor,
+) {
+    spawn(worker.id, work_batches(worker), supervisor);
+}
+
+fn spawn<F>(id: usize, work: F, supervisor: &mut Supervisor)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let span = tracing::info_span!("worker", id);
     // The handle of the runtime `run` is on: the handler's timers and I/O
     // are registered with it, and its threads drive them.
@@ -43,23 +57,40 @@ pub(crate) fn spawn<W: Workload>(worker: Worker<W>, supervisor: &mut Supervisor)
     supervisor.spawn_thread(format!("worker-{id}"), move || {
         // One `block_on` for the whole loop rather than one per item:
         // entering the runtime takes a lock shared by every worker.
-        span.in_scope(|| runtime.block_on(work(worker)));
+        span.in_scope(|| runtime.block_on(work));
         Ok(())
     });
 }
 
-/// Takes items until the channel is empty and every sender is gone. A thread
-/// cannot be cancelled; it ends because shutdown closes the channel: the
-/// producers stop and drop their senders, and `recv` returns `Err` once the
-/// queue is drained.
-///
-/// This future runs only on its own thread, under `block_on`, so the
-/// blocking `recv` parks this thread and nothing else, and the loop needs no
-/// cooperative yields: there are no other tasks on this thread to starve.
-async fn work<W: Workload>(mut worker: Worker<W>) {
+// Both loops take messages until the channel is empty and every sender is
+// gone. A thread cannot be cancelled; it ends because shutdown closes the
+// channel: the producers stop and drop their senders, and `recv` returns
+// `Err` once the queue is drained.
+//
+// Each loop runs only on its own thread, under `block_on`, so the blocking
+// `recv` parks this thread and nothing else, and the loop needs no
+// cooperative yields: there are no other tasks on this thread to starve.
+
+/// Takes items one by one and hands each to the handler, called right here
+/// rather than through `Settler::item`, as the task workers do.
+async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     while let Ok(item) = worker.rx.recv() {
-        worker.took_item();
-        let outcome = worker.workload.handle(item).await;
-        worker.finished(outcome);
+        worker.took_message();
+        let settler = &mut worker.settler;
+        let timing = settler.timer().start();
+        let outcome = settler.workload().handle(&item).await;
+        settler.timer().stop(timing);
+        match outcome {
+            Ok(()) => settler.handled_one(),
+            Err(error) => settler.item_failed(item, error).await,
+        }
+    }
+}
+
+/// Takes batches and hands each to the batch handler.
+async fn work_batches<W: Workload>(mut worker: Worker<W, Vec<W::Item>>) {
+    while let Ok(batch) = worker.rx.recv() {
+        worker.took_message();
+        worker.settler.batch(batch).await;
     }
 }

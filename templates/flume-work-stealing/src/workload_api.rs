@@ -13,14 +13,17 @@ use std::task::Poll;
 
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::delivery::Batch;
 use crate::report::Report;
 
 /// The code a pipeline carries. Implemented by
 /// [`crate::workload::DemoWorkload`]; tests implement it to observe the
 /// pipeline.
 pub trait Workload: Send + Sync + 'static {
-    /// One unit of work travelling through the channel.
-    type Item: Send + 'static;
+    /// One unit of work travelling through the channel. Handlers see it by
+    /// reference, so the pipeline still has it to retry or to write to the
+    /// dead-letter file (as JSON, hence `Serialize`).
+    type Item: Send + Sync + serde::Serialize + 'static;
     /// Where one producer gets its items from.
     type Source: Source<Item = Self::Item>;
 
@@ -39,10 +42,36 @@ pub trait Workload: Send + Sync + 'static {
         producer: usize,
     ) -> impl Future<Output = anyhow::Result<Option<Self::Source>>> + Send;
 
-    /// Handles one item. An error is counted and logged, and the pipeline
-    /// goes on with the next item. It runs on the tokio runtime: await I/O
-    /// here, never block.
-    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Handles one item. An error fails the item: it is retried
+    /// (`--retries`), then written to the dead-letter file (`--dead-letter`)
+    /// or dropped, and the pipeline goes on with the next item. It runs on
+    /// the tokio runtime: await I/O here, never block.
+    fn handle(&self, item: &Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Handles a batch of items, when the pipeline sends batches
+    /// (`--batch-max` above 1): override it to write a batch in one go (one
+    /// bulk insert, one request, one write). This default hands the items
+    /// to [`handle`](Self::handle) one by one.
+    ///
+    /// `Ok` means every item it did not [`fail`](Batch::fail) is handled;
+    /// `Err` fails every item it did not mark [`done`](Batch::done). Failed
+    /// items are retried as a smaller batch, then dead-lettered, like
+    /// failed single items.
+    fn handle_batch(
+        &self,
+        batch: &mut Batch<'_, Self::Item>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            let items = batch.items();
+            for (index, item) in items.iter().enumerate() {
+                match self.handle(item).await {
+                    Ok(()) => batch.done(index),
+                    Err(error) => batch.fail(index, error),
+                }
+            }
+            Ok(())
+        }
+    }
 
     /// Called once, after the last item has been handled (or abandoned at the
     /// drain deadline): flush and close sinks here. An error fails the run.
@@ -68,8 +97,15 @@ impl<W: Workload> Workload for Arc<W> {
         (**self).open(producer)
     }
 
-    fn handle(&self, item: Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send {
+    fn handle(&self, item: &Self::Item) -> impl Future<Output = anyhow::Result<()>> + Send {
         (**self).handle(item)
+    }
+
+    fn handle_batch(
+        &self,
+        batch: &mut Batch<'_, Self::Item>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        (**self).handle_batch(batch)
     }
 
     fn close(&self) -> impl Future<Output = anyhow::Result<()>> + Send {

@@ -1,9 +1,11 @@
 //! Throughput of the template's pipeline next to bare loops of the same shape
 //! (4 producer tasks, capacity 64, one consumer task) on kanal, tokio mpsc
-//! and flume, and a plain two-thread crossbeam-channel loop.
+//! and flume, and two-thread loops with no async runtime at all.
 //!
-//! - "template pipeline" runs this project's `pipeline::run` with the demo
-//!   workload: numbered `Job`s from its sources, no simulated work.
+//! - "template pipeline, item by item" runs this project's `pipeline::run`
+//!   with the demo workload (numbered `Job`s from its sources, no simulated
+//!   work) and `--batch-max 1`; "template pipeline, batches of 256" the same
+//!   with `--batch-max 256`, where the channel moves batches.
 //! - "bare kanal" is the floor this template is built to stay close to: a
 //!   plain `send().await`/`recv().await` loop moving `u64`s. kanal carries
 //!   items of up to a pointer's size inside its wake-up signal, so this is
@@ -11,14 +13,16 @@
 //! - "bare kanal, demo workload" is the same bare loop carrying what the
 //!   template carries: the demo's `Job`s, read from the demo's own sources
 //!   and given to its handler, with none of the scaffold (stop flag,
-//!   counters, pacing, supervisor). The gap between it and "template
-//!   pipeline" is what the scaffold costs; the gap between it and "bare
+//!   counters, pacing, supervisor). The gap between it and the item-by-item
+//!   pipeline is what the scaffold costs; the gap between it and "bare
 //!   kanal" is what the workload's item, source and handler cost.
 //! - "bare tokio mpsc" and "bare flume" show what the other channel crates
 //!   give for the `u64` loop, i.e. why this template uses kanal.
 //! - "crossbeam spsc threads" moves the same items from one OS thread to
-//!   another through `crossbeam_channel::bounded`, with no async runtime at
-//!   all: a reference for how close the async pipeline gets to the hardware.
+//!   another through `crossbeam_channel::bounded`, and "rtrb ring spsc
+//!   threads" through `rtrb`'s lock-free single-producer ring of 64 slots,
+//!   both spinning rather than sleeping when the ring is full or empty: the
+//!   per-item hardware reference the batched pipeline is measured against.
 //!
 //! As in the pipeline, each async consumer is a spawned task, not the future
 //! that `block_on` drives, and the runtime has the flavor `main` uses.
@@ -57,7 +61,9 @@ fn share(producer: u64) -> impl Iterator<Item = u64> {
 
 async fn template_pipeline(config: &Config) -> u64 {
     let workload = DemoWorkload::new(config).expect("the demo workload");
-    let report = pipeline::run(config, workload, CancellationToken::new()).await;
+    let report = pipeline::run(config, workload, CancellationToken::new())
+        .await
+        .expect("the pipeline starts");
     report.handled
 }
 
@@ -98,7 +104,7 @@ async fn bare_kanal_demo_workload(config: &Config) -> u64 {
     let consumer = tokio::spawn(async move {
         let mut handled = 0u64;
         while let Ok(item) = rx.recv().await {
-            workload.handle(item).await.unwrap();
+            workload.handle(&item).await.unwrap();
             handled += 1;
         }
         handled
@@ -161,28 +167,64 @@ fn crossbeam_spsc_threads() -> u64 {
     consumer.join().unwrap()
 }
 
+/// One producer thread, one consumer thread, a lock-free ring between them.
+fn rtrb_spsc_threads() -> u64 {
+    let (mut tx, mut rx) = rtrb::RingBuffer::new(CAPACITY);
+    let producer = std::thread::spawn(move || {
+        for item in 0..ITEMS {
+            while tx.push(item).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let consumer = std::thread::spawn(move || {
+        let mut sum = 0u64;
+        for _ in 0..ITEMS {
+            loop {
+                match rx.pop() {
+                    Ok(item) => {
+                        sum = sum.wrapping_add(item);
+                        break;
+                    }
+                    Err(_) => std::hint::spin_loop(),
+                }
+            }
+        }
+        sum
+    });
+    producer.join().unwrap();
+    consumer.join().unwrap()
+}
+
 fn hot_path(c: &mut Criterion) {
     let runtime = runtime();
-    let config = Config::try_parse_from([
-        "bench".to_owned(),
-        format!("--producers={PRODUCERS}"),
-        format!("--capacity={CAPACITY}"),
-        format!("--items={ITEMS}"),
-        "--progress-secs=0".to_owned(),
-    ])
-    .unwrap();
+    let config = |batch_max: usize| {
+        Config::try_parse_from([
+            "bench".to_owned(),
+            format!("--producers={PRODUCERS}"),
+            format!("--capacity={CAPACITY}"),
+            format!("--items={ITEMS}"),
+            format!("--batch-max={batch_max}"),
+            "--progress-secs=0".to_owned(),
+        ])
+        .unwrap()
+    };
+    let (item_by_item, batches) = (config(1), config(256));
 
     let mut group = c.benchmark_group("hot path 4 producers capacity 64");
     group.throughput(Throughput::Elements(ITEMS));
     group.sample_size(20);
-    group.bench_function("template pipeline", |b| {
-        b.iter(|| black_box(runtime.block_on(template_pipeline(&config))))
+    group.bench_function("template pipeline, item by item", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&item_by_item))))
+    });
+    group.bench_function("template pipeline, batches of 256", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&batches))))
     });
     group.bench_function("bare kanal", |b| {
         b.iter(|| black_box(runtime.block_on(bare_kanal())))
     });
     group.bench_function("bare kanal, demo workload", |b| {
-        b.iter(|| black_box(runtime.block_on(bare_kanal_demo_workload(&config))))
+        b.iter(|| black_box(runtime.block_on(bare_kanal_demo_workload(&item_by_item))))
     });
     group.bench_function("bare tokio mpsc", |b| {
         b.iter(|| black_box(runtime.block_on(bare_tokio_mpsc())))
@@ -192,6 +234,9 @@ fn hot_path(c: &mut Criterion) {
     });
     group.bench_function("crossbeam spsc threads", |b| {
         b.iter(|| black_box(crossbeam_spsc_threads()))
+    });
+    group.bench_function("rtrb ring spsc threads", |b| {
+        b.iter(|| black_box(rtrb_spsc_threads()))
     });
     group.finish();
 }

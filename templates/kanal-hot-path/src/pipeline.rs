@@ -5,8 +5,13 @@
 //! ```text
 //! Source::next ─▶ producer 0 ─┐
 //! Source::next ─▶ producer 1 ─┼─▶ [ kanal::bounded_async, capacity N ] ─▶ consumer ─▶ Workload::handle
-//! Source::next ─▶ producer … ─┘
+//! Source::next ─▶ producer … ─┘                                                       (or handle_batch)
 //! ```
+//!
+//! With `--batch-max` above 1 the channel carries batches: each producer
+//! fills one from its source and sends it when it is full or has lingered
+//! `--linger-ms` ([`crate::delivery`]), so one hand-over through the channel
+//! moves a whole batch.
 //!
 //! Two facts about kanal 0.1 shape everything below:
 //!
@@ -33,26 +38,27 @@
 //! no kanal future exists: the producers between two items, the consumer
 //! before each `recv`.
 //!
-//! What one item costs beyond the channel itself: a producer loads a flag that
-//! only changes once, polls its source, hands the item over with a plain call
-//! while the channel has room, and stores a running total into a counter slot
-//! that no other task writes; the consumer calls the handler and does the
-//! same with its totals after every item. With batching the consumer
-//! takes the channel's lock once per wake-up rather than once per item.
-//! Nothing on this path allocates (unless the workload does), and the task
-//! spans are off at the default log level.
+//! What one item costs beyond the channel itself, item by item: a producer
+//! loads a flag that only changes once, polls its source, hands the item over
+//! with a plain call while the channel has room, and stores a running total
+//! into a counter slot that no other task writes; the consumer calls the
+//! handler and does the same with its totals after every item. Nothing on
+//! this path allocates (unless the workload does), and the task spans are off
+//! at the default log level. In batches, the channel, the flag and the
+//! producer's counter are paid once per batch, and each batch is one
+//! allocation.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use kanal::{AsyncReceiver, AsyncSender};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::Config;
 use crate::coop::{self, Pacer};
-use crate::counters::Counters;
-use crate::metrics::HandleTimer;
+use crate::counters::{Counters, ProducerSlot};
+use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
 use crate::report::Report;
 use crate::supervisor::{StopFlag, Supervisor};
 use crate::workload_api::{self, Source, Workload, unless_cancelled};
@@ -60,115 +66,179 @@ use crate::workload_api::{self, Source, Workload, unless_cancelled};
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "kanal-hot-path";
 
-/// Whether the consumer, each time `recv` hands it an item, also takes
-/// everything else already waiting with one `drain_into` (one lock for the
-/// lot) instead of going back to `recv` for each item.
-pub const BATCHING: bool = {% if batching %}true{% else %}false{% endif %};
+/// `--batch-max` when it is not given: how this project was generated.
+pub const DEFAULT_BATCH_MAX: &str = {% if batching %}"256"{% else %}"1"{% endif %};
 
-/// Without batching, the consumer samples the queue depth once per this many
-/// receives (reading it takes the channel's lock). With batching it comes free
-/// with every `drain_into`.
+/// The consumer samples the queue depth once per this many receives (reading
+/// it takes the channel's lock).
 const DEPTH_SAMPLE_EVERY: u64 = 64;
 
 /// Flags of this topology: a fan-in has one consumer, so only the
-/// workload's own.
+/// workload's own and those of delivery.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopologyArgs {
     /// Flags of the workload (`src/workload.rs`).
     #[command(flatten)]
     pub workload: crate::workload::WorkloadArgs,
+
+    /// Batches, retries and the dead-letter file (`src/delivery.rs`).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
-/// The most items the consumer holds outside the channel at any moment: the
-/// one `recv` returned, plus, with batching, everything `drain_into` took (a
-/// full queue and the item of every producer waiting for room).
-pub const fn max_held_by_consumer(capacity: usize, producers: usize) -> usize {
-    if BATCHING {
-        1 + capacity + producers
-    } else {
-        1
-    }
-}
-
-/// The most items that exist at once: queued in the channel, waiting in a
-/// producer's `send` (one per producer) and held by the consumer. A slow
-/// consumer slows the producers down; memory never grows past this.
-/// `producers` is the workload's [`Workload::producers`].
-pub const fn max_in_flight(capacity: usize, producers: usize) -> usize {
-    capacity + producers + max_held_by_consumer(capacity, producers)
+/// The most items that exist at once: a message (an item, or a batch of up
+/// to `batch_max`) in each of the channel's `capacity` slots, in each
+/// producer's hands (filling it, or waiting in `send`), and in the
+/// consumer's. A slow consumer slows the producers down; memory never grows
+/// past this. `producers` is the workload's [`Workload::producers`].
+pub const fn max_in_flight(capacity: usize, producers: usize, batch_max: usize) -> usize {
+    (capacity + producers + 1) * batch_max
 }
 
 /// Runs the pipeline until every source has ended and its items are handled,
 /// or `shutdown` is cancelled and the queued items are drained (within
-/// `--drain-timeout`).
-pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+/// `--drain-timeout`). Fails before it starts if the dead-letter file cannot
+/// be created.
+pub async fn run<W: Workload>(
+    config: &Config,
+    workload: W,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Report> {
     let producers = workload.producers();
+    let delivery = &config.topology.delivery;
     let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, 1);
+    let policy = Arc::new(FailurePolicy::new(
+        delivery,
+        supervisor.stop_token().clone(),
+    )?);
     let workload = Arc::new(workload);
-    // Producers look at the stop flag before every item; asking the token
-    // itself would take its lock each time.
-    let stopping = supervisor.stop_flag();
-    let (tx, rx) = kanal::bounded_async::<W::Item>(config.capacity);
+    let counters = Arc::clone(supervisor.counters());
+    let settler = Settler::new(Arc::clone(&workload), Arc::clone(&policy), counters, 0);
     tracing::info!(
         producers,
         capacity = config.capacity,
-        batching = BATCHING,
+        batch_max = delivery.batch_max,
         "pipeline started"
     );
-
-    // The task spans are at debug level: an enabled span is entered and left
-    // on every poll of its task, which this pipeline does up to once per item.
-    // At the default `info` level they cost nothing; `RUST_LOG=debug` shows them.
-    for id in 0..producers {
-        let producer = Producer {
-            id,
-            tx: tx.clone(),
-            workload: Arc::clone(&workload),
-            counters: Arc::clone(supervisor.counters()),
-            stop: supervisor.stop_token().clone(),
-            stopping: Arc::clone(&stopping),
-        };
-        let span = tracing::debug_span!("producer", id);
-        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
+    if delivery.batches() {
+        let (tx, rx) = kanal::bounded_async::<Vec<W::Item>>(config.capacity);
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            let batcher = Batcher::new(delivery.batch_max, delivery.linger());
+            spawn_producer(&mut supervisor, producer.id, producer.run_batches(batcher));
+        }
+        spawn_consumer(&mut supervisor, consume_batches(rx, settler));
+    } else {
+        let (tx, rx) = kanal::bounded_async::<W::Item>(config.capacity);
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            spawn_producer(&mut supervisor, producer.id, producer.run_items());
+        }
+        spawn_consumer(&mut supervisor, consume_items(rx, settler));
     }
-    // The consumer sees the end of input only when every sender is gone. The
-    // producers own clones; this original must go now, or the consumer would
-    // wait forever for items that never come.
-    drop(tx);
-
-    let held = max_held_by_consumer(config.capacity, producers);
-    let counters = Arc::clone(supervisor.counters());
-    let span = tracing::debug_span!("consumer");
-    let consumer = consume(rx, Arc::clone(&workload), counters, held);
-    supervisor.spawn_task("consumer".to_owned(), span, consumer);
     let mut report = supervisor.finish().await;
     workload_api::close(&*workload, &mut report).await;
-    report
+    policy.close(&mut report).await;
+    Ok(report)
 }
 
-/// One producer task and everything it needs.
-struct Producer<W: Workload> {
+// The task spans are at debug level: an enabled span is entered and left on
+// every poll of its task, which this pipeline does up to once per item. At
+// the default `info` level they cost nothing; `RUST_LOG=debug` shows them.
+
+fn spawn_producer<F>(supervisor: &mut Supervisor, id: usize, producer: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let span = tracing::debug_span!("producer", id);
+    supervisor.spawn_task(format!("producer {id}"), span, producer);
+}
+
+fn spawn_consumer<F>(supervisor: &mut Supervisor, consumer: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let span = tracing::debug_span!("consumer");
+    supervisor.spawn_task("consumer".to_owned(), span, consumer);
+}
+
+/// One producer task and everything it needs; `M` is what it sends, an item
+/// or a batch of them.
+struct Producer<W: Workload, M> {
     id: usize,
-    tx: AsyncSender<W::Item>,
+    tx: AsyncSender<M>,
     workload: Arc<W>,
     counters: Arc<Counters>,
     stop: CancellationToken,
     stopping: Arc<StopFlag>,
 }
 
-impl<W: Workload> Producer<W> {
-    /// Opens this producer's source and sends what it makes until it ends,
-    /// the run is stopped or the consumer is gone. Fails when the source
-    /// cannot be opened.
-    async fn run(self) -> anyhow::Result<()> {
+impl<W: Workload, M: Send + 'static> Producer<W, M> {
+    /// One producer per source of the workload, each with a clone of `tx`.
+    /// The consumer sees the end of input only when every sender is gone,
+    /// so `tx` itself is dropped here: the producers own the only ones.
+    fn all(supervisor: &Supervisor, workload: &Arc<W>, tx: AsyncSender<M>) -> Vec<Self> {
+        // Producers look at the stop flag before every message; asking the
+        // token itself would take its lock each time.
+        let stopping = supervisor.stop_flag();
+        (0..workload.producers())
+            .map(|id| Producer {
+                id,
+                tx: tx.clone(),
+                workload: Arc::clone(workload),
+                counters: Arc::clone(supervisor.counters()),
+                stop: supervisor.stop_token().clone(),
+                stopping: Arc::clone(&stopping),
+            })
+            .collect()
+    }
+
+    /// Opens this producer's source; `None` when it has nothing to read or
+    /// the run is cancelled first. Opening may wait (for a connection, say),
+    /// so it is raced against cancellation; the workload's contract makes
+    /// that safe.
+    async fn open(
+        &self,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> anyhow::Result<Option<W::Source>> {
+        tokio::select! {
+            opened = self.workload.open(self.id) => opened.context("opening the source"),
+            () = cancelled => Ok(None),
+        }
+    }
+
+    /// Hands `message` to the channel, waiting while it is full. `Err` when
+    /// the consumer is gone (it failed): the message goes down with it.
+    ///
+    /// While the channel has room, `try_send_option` hands the message over
+    /// with a plain call: no send future to build and drop for every item
+    /// (about 10% more one-word items per second; with three-word items the
+    /// `Option` around them costs more than it saves, see the README). When
+    /// the channel is full it leaves the message in hand, and `send` waits
+    /// for room, awaited to the end, never raced against cancellation: a
+    /// kanal send future dropped while it waits drops the message it
+    /// carries. The wait is bounded all the same, because the consumer keeps
+    /// draining until every producer is gone, and the stop flag is read
+    /// again before the next message. So after a shutdown request each
+    /// producer finishes at most the one send it is in.
+    #[inline]
+    async fn send(&self, message: M) -> Result<(), ()> {
+        let mut in_hand = Some(message);
+        match self.tx.try_send_option(&mut in_hand) {
+            Ok(_) => match in_hand.take() {
+                None => Ok(()),
+                Some(message) => self.tx.send(message).await.map_err(drop),
+            },
+            Err(_) => Err(()),
+        }
+    }
+}
+
+impl<W: Workload> Producer<W, W::Item> {
+    /// Sends what the source makes, item by item, until it ends, the run is
+    /// stopped or the consumer is gone. Fails when the source cannot be
+    /// opened.
+    async fn run_items(self) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        // Opening may wait (for a connection, say), so it is raced against
-        // cancellation; the workload's contract makes that safe.
-        let opened = tokio::select! {
-            opened = self.workload.open(self.id) => opened,
-            () = &mut cancelled => return Ok(()),
-        };
-        let Some(mut source) = opened.context("opening the source")? else {
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -184,55 +254,24 @@ impl<W: Workload> Producer<W> {
             let Some(next) = unless_cancelled(pin!(source.next()), cancelled.as_mut()).await else {
                 break;
             };
-            let item = match next {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
-                Err(error) => {
-                    rejected += 1;
-                    slot.publish_rejected(rejected);
-                    input_rejected(&error);
-                    // A source that rejects input after input must yield
-                    // now and then too.
-                    let due = pacer.count(1);
-                    if due > 0 {
-                        coop::spend(due).await;
+            match next {
+                Ok(Some(item)) => {
+                    if self.send(item).await.is_err() {
+                        // Counted as produced, the item the failed consumer
+                        // took down shows up in the report as lost.
+                        slot.publish(produced + 1);
+                        break;
                     }
-                    continue;
+                    produced += 1;
+                    slot.publish(produced);
                 }
-            };
-            // From here the item is ours to deliver. While the channel has
-            // room, `try_send_option` hands it over with a plain call: no
-            // send future to build and drop for every item (about 10% more
-            // one-word items per second; with three-word items the `Option`
-            // around them costs more than it saves, see the README). When
-            // the channel is full it leaves the item in hand, and `send`
-            // waits for room, awaited to the end, never raced against
-            // cancellation: a kanal send future dropped while it waits drops
-            // the item it carries. The wait is bounded all the same, because
-            // the consumer keeps draining until every producer is gone, and
-            // the stop flag is read again before the next item. So after a
-            // shutdown request each producer finishes at most the one send
-            // it is in.
-            let mut in_hand = Some(item);
-            let sent = match self.tx.try_send_option(&mut in_hand) {
-                Ok(_) => match in_hand.take() {
-                    None => Ok(()),
-                    Some(item) => self.tx.send(item).await,
-                },
-                Err(closed) => Err(closed),
-            };
-            if sent.is_err() {
-                // Only a consumer that failed drops the receiver. The item in
-                // hand goes down with it: counted as produced, it shows up in
-                // the report as lost.
-                slot.publish(produced + 1);
-                break;
+                Ok(None) => break,
+                Err(error) => reject(slot, &mut rejected, &error),
             }
-            produced += 1;
-            slot.publish(produced);
             // kanal's send never spends the coop budget, so a producer whose
-            // channel has room would never yield. Between two items nothing
-            // is in hand, and the stop flag is read right after a yield.
+            // channel has room would never yield; nor would a source that
+            // rejects input after input. Between two items nothing is in
+            // hand, and the stop flag is read right after a yield.
             let due = pacer.count(1);
             if due > 0 {
                 coop::spend(due).await;
@@ -243,86 +282,118 @@ impl<W: Workload> Producer<W> {
     }
 }
 
-/// Logs an input the source could not read; kept off the hot loop.
+impl<W: Workload> Producer<W, Vec<W::Item>> {
+    /// Sends what the source makes in batches until it ends, the run is
+    /// stopped or the consumer is gone. A partial batch is sent when its
+    /// linger passes, when the source ends, and on a stop: nothing the
+    /// source returned is left behind. Fails when the source cannot be
+    /// opened.
+    async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
+        let mut cancelled = pin!(self.stop.cancelled());
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+            return Ok(());
+        };
+        let slot = self.counters.producer(self.id);
+        let mut pacer = Pacer::default();
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        let mut batch = batcher.empty_batch();
+        while !self.stopping.is_set() {
+            let rejected_before = rejected;
+            let filled = batcher
+                .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
+                    reject(slot, &mut rejected, &error);
+                })
+                .await;
+            let size = batch.len() as u64;
+            if size > 0 {
+                let full = std::mem::replace(&mut batch, batcher.empty_batch());
+                if self.send(full).await.is_err() {
+                    slot.publish(produced + size);
+                    break;
+                }
+                produced += size;
+                slot.publish(produced);
+            }
+            if filled != Filled::Ready {
+                break;
+            }
+            // As with single items: neither an always-ready source nor a
+            // channel with room would ever make this task yield.
+            let pulled = (size + rejected - rejected_before).max(1);
+            let due = pacer.count(u32::try_from(pulled).unwrap_or(u32::MAX));
+            if due > 0 {
+                coop::spend(due).await;
+            }
+        }
+        tracing::debug!(produced, rejected, "producer finished");
+        Ok(())
+    }
+}
+
+/// Counts and logs an input the source could not read; kept off the hot
+/// loop.
 #[cold]
-fn input_rejected(error: &anyhow::Error) {
+fn reject(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
+    *rejected += 1;
+    slot.publish_rejected(*rejected);
     tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
-/// Drains the channel until every producer is gone and it is empty.
+/// Drains the channel item by item until every producer is gone and it is
+/// empty.
 ///
 /// The consumer never looks at cancellation, and never races `recv` against
 /// anything: producers stop, their senders drop, and `recv` fails only once
 /// the queued items are all taken. That is what makes shutdown a drain rather
 /// than a loss.
-async fn consume<W: Workload>(
-    rx: AsyncReceiver<W::Item>,
-    workload: Arc<W>,
-    counters: Arc<Counters>,
-    held: usize,
-) {
-    let slot = counters.worker(0);
-    let (mut handled, mut failed) = (0u64, 0u64);
-    // Sized once for the most `drain_into` can take, then reused: filled by
-    // `drain_into`, emptied by handling, never reallocated. Without batching
-    // it stays empty and allocates nothing.
-    let mut batch: Vec<W::Item> = Vec::with_capacity(held - 1);
-    let mut wakeups = 0u64;
+async fn consume_items<W: Workload>(rx: AsyncReceiver<W::Item>, mut settler: Settler<W>) {
+    let mut receives = 0u64;
     let mut pacer = Pacer::default();
-    let mut timer = HandleTimer::new();
-    // Budget units due for the items taken at the last wake-up.
-    let mut due = 0;
     loop {
         // kanal's recv never spends the coop budget either, so a consumer
-        // whose channel never runs empty would never yield. The budget for
-        // what it took is spent here, before `recv`, with no item in hand.
-        // (Spending it between the items of a batch cost up to a quarter of
-        // the throughput without batching.) A batch is handled without a
-        // yield in between: it holds at most a full channel plus one item per
-        // producer.
+        // whose channel never runs empty would never yield. The budget is
+        // spent here, before `recv`, with no item in hand.
+        let due = pacer.count(1);
         if due > 0 {
             coop::spend(due).await;
         }
-        let Ok(first) = rx.recv().await else {
+        let Ok(item) = rx.recv().await else {
             break; // Every producer is gone and the queue is empty.
         };
-        if BATCHING {
-            // Everything queued plus the item of every producer waiting for
-            // room, under one lock. It fails only when no receiver is left,
-            // and this is one.
-            let _ = rx.drain_into(&mut batch);
+        if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            settler.observe_queue_depth(1 + rx.len());
         }
-        if BATCHING || wakeups.is_multiple_of(DEPTH_SAMPLE_EVERY) {
-            let waiting = if BATCHING { batch.len() } else { rx.len() };
-            counters.observe_queue_depth(1 + waiting);
-        }
-        wakeups += 1;
-        // At most a full channel plus one item per producer: it fits.
-        due = pacer.count(1 + batch.len() as u32);
-        // Handled right here rather than in a helper `async fn`: a nested
+        receives += 1;
+        // Handled right here rather than through `Settler::item`: a nested
         // future per item cost measurably more than the channel itself.
-        for item in std::iter::once(first).chain(batch.drain(..)) {
-            let timing = timer.start();
-            let outcome = workload.handle(item).await;
-            timer.stop(timing);
-            match outcome {
-                Ok(()) => handled += 1,
-                Err(error) => {
-                    failed += 1;
-                    item_failed(&error);
-                }
-            }
-            // After every item, not once per wake-up: if a later item of this
-            // batch panics, the report still knows exactly what finished, and
-            // only the rest of the batch is lost; and the progress line and
-            // the stall watch see a long batch advance.
-            slot.publish(handled, failed);
+        let timing = settler.timer().start();
+        let outcome = settler.workload().handle(&item).await;
+        settler.timer().stop(timing);
+        match outcome {
+            Ok(()) => settler.handled_one(),
+            Err(error) => settler.item_failed(item, error).await,
         }
     }
 }
 
-/// Logs a failed item; kept out of line, off the consumer's hot loop.
-#[cold]
-fn item_failed(error: &anyhow::Error) {
-    tracing::warn!(error = format!("{error:#}"), "item failed");
+/// Drains the channel batch by batch, like [`consume_items`].
+async fn consume_batches<W: Workload>(rx: AsyncReceiver<Vec<W::Item>>, mut settler: Settler<W>) {
+    let mut receives = 0u64;
+    let mut pacer = Pacer::default();
+    // Budget units due for the batch taken last.
+    let mut due = 0;
+    loop {
+        if due > 0 {
+            coop::spend(due).await;
+        }
+        let Ok(batch) = rx.recv().await else {
+            break;
+        };
+        if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            settler.observe_queue_depth(1 + rx.len());
+        }
+        receives += 1;
+        due = pacer.count(u32::try_from(batch.len()).unwrap_or(u32::MAX));
+        settler.batch(batch).await;
+    }
 }

@@ -36,6 +36,14 @@ pub struct Report {
     /// The part of `failed` that a source rejected before it became an item:
     /// a read error, an over-long or malformed line.
     pub rejected: u64,
+    /// Items handed to their handler more than once (`--retries`), however
+    /// they ended.
+    pub retried: u64,
+    /// Failed items written to the dead-letter file (`--dead-letter`).
+    pub dead_lettered: u64,
+    /// Failed items kept nowhere: without a dead-letter file, or when
+    /// writing to it failed. The log has each one.
+    pub dropped: u64,
     /// Items not finished when the drain deadline passed.
     pub abandoned: u64,
     /// Items held by a stage that panicked or failed, or left in a channel
@@ -148,7 +156,6 @@ impl Report {
             ("produced", self.produced.to_string()),
             ("handled", self.handled.to_string()),
             ("failed", self.failed.to_string()),
-            ("rejected", self.rejected.to_string()),
             ("abandoned", self.abandoned.to_string()),
             ("lost", self.lost.to_string()),
             ("unaccounted", self.unaccounted.to_string()),
@@ -180,6 +187,7 @@ impl Report {
             json,
             concat!(
                 r#""topology":"{}","produced":{},"handled":{},"failed":{},"rejected":{},"#,
+                r#""retried":{},"dead_lettered":{},"dropped":{},"#,
                 r#""abandoned":{},"lost":{},"unaccounted":{},"#,
                 r#""elapsed_secs":{},"items_per_sec":{},"peak_queue_depth":{},"#,
                 r#""handled_per_worker":{:?},"failed_stages":{},"stall_episodes":{},"#,
@@ -190,6 +198,9 @@ impl Report {
             self.handled,
             self.failed,
             self.rejected,
+            self.retried,
+            self.dead_lettered,
+            self.dropped,
             self.abandoned,
             self.lost,
             self.unaccounted,
@@ -224,6 +235,8 @@ mod tests {
             rejected: 0,
             handled,
             failed,
+            retried: 0,
+            dead_lettered: 0,
             handled_per_worker: vec![handled],
         }
     }
@@ -236,6 +249,9 @@ mod tests {
             handled: totals.handled,
             failed: totals.failed,
             rejected: totals.rejected,
+            retried: totals.retried,
+            dead_lettered: totals.dead_lettered,
+            dropped: totals.dropped(),
             abandoned: balance.abandoned,
             lost: balance.lost,
             unaccounted: balance.unaccounted,
@@ -297,6 +313,9 @@ mod tests {
             "handled",
             "failed",
             "rejected",
+            "retried",
+            "dead_lettered",
+            "dropped",
             "abandoned",
             "lost",
             "unaccounted",

@@ -1,8 +1,11 @@
-//! Throughput of the template's pipeline next to bare loops of the same shape
-//! (4 producer tasks, capacity 64, one consumer task) on tokio mpsc, flume and
+//! Throughput of the template's pipeline, item by item and in batches of 256,
+//! next to bare loops of the same shape (4 producer tasks, capacity 64, one
+//! consumer task) that send one item per message on tokio mpsc, flume and
 //! kanal. As in the pipeline, the consumer is a spawned task, not the future
-//! that `block_on` drives. The gap to "bare tokio mpsc" is what the scaffold costs; the other
-//! two show what a different channel crate would give.
+//! that `block_on` drives. The gap between the item-by-item pipeline and
+//! "bare tokio mpsc" is what the scaffold costs; the batched pipeline shows
+//! what batching gains over it; the other bare loops show what a different
+//! channel crate would give.
 //!
 //! Compare the numbers as ratios within one run: absolute items/s depend on
 //! the machine and whatever else it is doing.
@@ -41,7 +44,8 @@ async fn template_pipeline(config: &Config) -> u64 {
         DemoWorkload::new(config).expect("the demo workload starts"),
         CancellationToken::new(),
     )
-    .await;
+    .await
+    .expect("the pipeline starts");
     report.handled
 }
 
@@ -110,20 +114,27 @@ async fn bare_kanal() -> u64 {
 
 fn fan_in(c: &mut Criterion) {
     let runtime = runtime();
-    let config = Config::try_parse_from([
-        "bench".to_owned(),
-        format!("--producers={PRODUCERS}"),
-        format!("--capacity={CAPACITY}"),
-        format!("--items={ITEMS}"),
-        "--progress-secs=0".to_owned(),
-    ])
-    .unwrap();
+    let config = |batch_max: usize| {
+        Config::try_parse_from([
+            "bench".to_owned(),
+            format!("--producers={PRODUCERS}"),
+            format!("--capacity={CAPACITY}"),
+            format!("--items={ITEMS}"),
+            format!("--batch-max={batch_max}"),
+            "--progress-secs=0".to_owned(),
+        ])
+        .unwrap()
+    };
+    let (item_by_item, batches) = (config(1), config(256));
 
     let mut group = c.benchmark_group("fan-in 4 producers capacity 64");
     group.throughput(Throughput::Elements(ITEMS));
     group.sample_size(20);
-    group.bench_function("template pipeline", |b| {
-        b.iter(|| black_box(runtime.block_on(template_pipeline(&config))))
+    group.bench_function("template pipeline, item by item", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&item_by_item))))
+    });
+    group.bench_function("template pipeline, batches of 256", |b| {
+        b.iter(|| black_box(runtime.block_on(template_pipeline(&batches))))
     });
     group.bench_function("bare tokio mpsc", |b| {
         b.iter(|| black_box(runtime.block_on(bare_tokio_mpsc())))

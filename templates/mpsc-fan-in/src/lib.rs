@@ -15,6 +15,7 @@
 pub mod config;
 pub mod coop;
 pub mod counters;
+pub mod delivery;
 pub mod io;
 pub mod metrics;
 pub mod pipeline;

@@ -216,6 +216,9 @@ struct Exporter {
     rejected: Counter,
     handled: Counter,
     failed: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    dropped: Counter,
     stall_episodes: Counter,
     queue_depth: Gauge,
     in_flight: Gauge,
@@ -256,6 +259,18 @@ impl Exporter {
                 "items_failed_total",
                 "Items whose handler failed, rejected inputs included.",
             ),
+            retried: counter(
+                "items_retried_total",
+                "Items handed to their handler more than once (--retries).",
+            ),
+            dead_lettered: counter(
+                "items_dead_lettered_total",
+                "Failed items written to the dead-letter file.",
+            ),
+            dropped: counter(
+                "items_dropped_total",
+                "Failed items kept nowhere: no dead-letter file, or writing to it failed.",
+            ),
             stall_episodes: counter(
                 "stall_episodes_total",
                 "Times no item finished for --stall-warn-secs while items were waiting.",
@@ -281,6 +296,9 @@ impl Exporter {
             self.rejected.absolute(totals.rejected);
             self.handled.absolute(totals.handled);
             self.failed.absolute(totals.failed_or_rejected());
+            self.retried.absolute(totals.retried);
+            self.dead_lettered.absolute(totals.dead_lettered);
+            self.dropped.absolute(totals.dropped());
             self.stall_episodes.absolute(run.counters.stall_episodes());
             self.queue_depth.set(run.counters.queue_depth() as f64);
             self.in_flight

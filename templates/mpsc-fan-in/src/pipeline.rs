@@ -4,24 +4,29 @@
 //! ```text
 //! producer 0 ─┐
 //! producer 1 ─┼─▶ [ mpsc, capacity N ] ─▶ consumer ─▶ Workload::handle
-//! producer … ─┘
+//! producer … ─┘                                       (or handle_batch)
 //! ```
+//!
+//! With `--batch-max` above 1 the channel carries batches: each producer
+//! fills one from its source and sends it when it is full or has lingered
+//! `--linger-ms` ([`crate::delivery`]), so the channel's cost per message is
+//! shared by a whole batch.
 //!
 //! The run ends when every producer has finished and the consumer has drained
 //! the channel, or, after cancellation, when the producers have stopped and the
 //! consumer has drained what was already queued.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::Config;
 use crate::coop::{self, Pacer};
-use crate::counters::Counters;
-use crate::metrics::HandleTimer;
+use crate::counters::{Counters, ProducerSlot};
+use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workload_api::{self, Source, Workload, unless_cancelled};
@@ -29,8 +34,8 @@ use crate::workload_api::{self, Source, Workload, unless_cancelled};
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "mpsc-fan-in";
 
-/// How many items the consumer takes out of the channel at once.
-pub const RECV_BATCH: usize = {% if batching %}256{% else %}1{% endif %};
+/// `--batch-max` when it is not given: how this project was generated.
+pub const DEFAULT_BATCH_MAX: &str = {% if batching %}"256"{% else %}"1"{% endif %};
 
 /// The consumer samples the queue depth once per this many receives.
 const DEPTH_SAMPLE_EVERY: u64 = 64;
@@ -40,78 +45,153 @@ const DEPTH_SAMPLE_EVERY: u64 = 64;
 const CANCEL_CHECK_EVERY: u64 = 64;
 
 /// Flags of this topology: a fan-in has one consumer, so only the
-/// workload's own.
+/// workload's own and those of delivery.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopologyArgs {
     /// Flags of the workload (`src/workload.rs`).
     #[command(flatten)]
     pub workload: crate::workload::WorkloadArgs,
+
+    /// Batches, retries and the dead-letter file (`src/delivery.rs`).
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// The most items that can be produced but not yet finished at any moment:
-/// the channel's capacity, one item per producer waiting for a free slot
-/// (its source already made it), and what the consumer holds.
-pub const fn max_in_flight(capacity: usize, producers: usize) -> usize {
-    capacity + producers + RECV_BATCH
+/// a batch (of one item, without batching) in each of the channel's
+/// `capacity` slots, in each producer's hands (filling it, or waiting for a
+/// free slot), and in the consumer's.
+pub const fn max_in_flight(capacity: usize, producers: usize, batch_max: usize) -> usize {
+    (capacity + producers + 1) * batch_max
 }
 
 /// Runs the pipeline until every source has ended and its items are handled,
 /// or `shutdown` is cancelled and the queued items are drained (within
-/// `--drain-timeout`).
-pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: CancellationToken) -> Report {
+/// `--drain-timeout`). Fails before it starts if the dead-letter file cannot
+/// be created.
+pub async fn run<W: Workload>(
+    config: &Config,
+    workload: W,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Report> {
     let producers = workload.producers();
+    let delivery = &config.topology.delivery;
     let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, 1);
+    let policy = Arc::new(FailurePolicy::new(
+        delivery,
+        supervisor.stop_token().clone(),
+    )?);
     let workload = Arc::new(workload);
-    let (tx, rx) = mpsc::channel::<W::Item>(config.capacity);
-    tracing::info!(producers, capacity = config.capacity, "pipeline started");
-
-    for id in 0..producers {
-        let producer = Producer {
-            id,
-            tx: tx.clone(),
-            workload: Arc::clone(&workload),
-            counters: Arc::clone(supervisor.counters()),
-            stop: supervisor.stop_token().clone(),
-        };
-        let span = tracing::info_span!("producer", id);
-        supervisor.spawn_task(format!("producer {id}"), span, producer.run());
-    }
-    // The consumer sees the end of input only when every `Sender` is gone. The
-    // producers own clones; this original must go now, or the consumer would
-    // wait forever for items that never come.
-    drop(tx);
-
     let counters = Arc::clone(supervisor.counters());
-    let span = tracing::info_span!("consumer");
-    let consumer = consume(rx, Arc::clone(&workload), counters);
-    supervisor.spawn_task("consumer".to_owned(), span, consumer);
+    let settler = Settler::new(Arc::clone(&workload), Arc::clone(&policy), counters, 0);
+    tracing::info!(
+        producers,
+        capacity = config.capacity,
+        batch_max = delivery.batch_max,
+        "pipeline started"
+    );
+    if delivery.batches() {
+        let (tx, rx) = mpsc::channel::<Vec<W::Item>>(config.capacity);
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            let batcher = Batcher::new(delivery.batch_max, delivery.linger());
+            spawn_producer(&mut supervisor, producer.id, producer.run_batches(batcher));
+        }
+        spawn_consumer(&mut supervisor, consume_batches(rx, settler));
+    } else {
+        let (tx, rx) = mpsc::channel::<W::Item>(config.capacity);
+        for producer in Producer::all(&supervisor, &workload, tx) {
+            spawn_producer(&mut supervisor, producer.id, producer.run_items());
+        }
+        spawn_consumer(&mut supervisor, consume_items(rx, settler));
+    }
     let mut report = supervisor.finish().await;
     workload_api::close(&*workload, &mut report).await;
-    report
+    policy.close(&mut report).await;
+    Ok(report)
 }
 
-/// One producer task and everything it needs.
-struct Producer<W: Workload> {
+fn spawn_producer<F>(supervisor: &mut Supervisor, id: usize, producer: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let span = tracing::info_span!("producer", id);
+    supervisor.spawn_task(format!("producer {id}"), span, producer);
+}
+
+fn spawn_consumer<F>(supervisor: &mut Supervisor, consumer: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let span = tracing::info_span!("consumer");
+    supervisor.spawn_task("consumer".to_owned(), span, consumer);
+}
+
+/// One producer task and everything it needs; `M` is what it sends, an item
+/// or a batch of them.
+struct Producer<W: Workload, M> {
     id: usize,
-    tx: mpsc::Sender<W::Item>,
+    tx: mpsc::Sender<M>,
     workload: Arc<W>,
     counters: Arc<Counters>,
     stop: CancellationToken,
 }
 
-impl<W: Workload> Producer<W> {
-    /// Opens this producer's source and sends what it makes until it ends,
-    /// the run is cancelled or the consumer is gone. Fails when the source
-    /// cannot be opened.
-    async fn run(self) -> anyhow::Result<()> {
-        let mut cancelled = pin!(self.stop.cancelled());
-        // Opening may wait (for a connection, say), so it is raced against
-        // cancellation; the workload's contract makes that safe.
-        let opened = tokio::select! {
-            opened = self.workload.open(self.id) => opened,
-            () = &mut cancelled => return Ok(()),
+impl<W: Workload, M: Send + 'static> Producer<W, M> {
+    /// One producer per source of the workload, each with a clone of `tx`.
+    /// The consumer sees the end of input only when every `Sender` is gone,
+    /// so `tx` itself is dropped here: the producers own the only ones.
+    fn all(supervisor: &Supervisor, workload: &Arc<W>, tx: mpsc::Sender<M>) -> Vec<Self> {
+        (0..workload.producers())
+            .map(|id| Producer {
+                id,
+                tx: tx.clone(),
+                workload: Arc::clone(workload),
+                counters: Arc::clone(supervisor.counters()),
+                stop: supervisor.stop_token().clone(),
+            })
+            .collect()
+    }
+
+    /// Opens this producer's source; `None` when it has nothing to read or
+    /// the run is cancelled first. Opening may wait (for a connection, say),
+    /// so it is raced against cancellation; the workload's contract makes
+    /// that safe.
+    async fn open(
+        &self,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> anyhow::Result<Option<W::Source>> {
+        tokio::select! {
+            opened = self.workload.open(self.id) => opened.context("opening the source"),
+            () = cancelled => Ok(None),
+        }
+    }
+
+    /// Sends `message`, waiting while the channel is full. `Err` when the
+    /// consumer is gone (it failed): the message goes down with it.
+    ///
+    /// The message is ours to deliver, so the send is never raced against
+    /// cancellation: that would drop it whenever cancellation won. It waits
+    /// only while the channel is full, and the consumer keeps draining until
+    /// every producer is gone, so the wait ends. `try_reserve` is the fast
+    /// path while there is room.
+    async fn send(&self, message: M) -> Result<(), ()> {
+        let permit = match self.tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(TrySendError::Full(())) => self.tx.reserve().await.map_err(drop)?,
+            Err(TrySendError::Closed(())) => return Err(()),
         };
-        let Some(mut source) = opened.context("opening the source")? else {
+        permit.send(message);
+        Ok(())
+    }
+}
+
+impl<W: Workload> Producer<W, W::Item> {
+    /// Sends what the source makes, item by item, until it ends, the run is
+    /// cancelled or the consumer is gone. Fails when the source cannot be
+    /// opened.
+    async fn run_items(self) -> anyhow::Result<()> {
+        let mut cancelled = pin!(self.stop.cancelled());
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -129,44 +209,24 @@ impl<W: Workload> Producer<W> {
             let Some(next) = unless_cancelled(pin!(source.next()), cancelled.as_mut()).await else {
                 break;
             };
-            let item = match next {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
-                Err(error) => {
-                    rejected += 1;
-                    slot.publish_rejected(rejected);
-                    input_rejected(&error);
-                    // A source that rejects input after input without
-                    // waiting must not keep its runtime thread either.
-                    let due = pacer.count(1);
-                    if due > 0 {
-                        coop::spend(due).await;
+            match next {
+                Ok(Some(item)) => {
+                    if self.send(item).await.is_err() {
+                        // Counted as produced, the item the failed consumer
+                        // took down shows up in the report as lost.
+                        slot.publish(produced + 1);
+                        break;
                     }
-                    continue;
+                    produced += 1;
+                    slot.publish(produced);
                 }
-            };
-            // From here the item is ours to deliver, so the send is never
-            // raced against cancellation: that would drop the item whenever
-            // cancellation won. It waits only while the channel is full, and
-            // the consumer keeps draining until every producer is gone, so
-            // the wait ends. `try_reserve` is the fast path while there is room.
-            let permit = match self.tx.try_reserve() {
-                Ok(permit) => Ok(permit),
-                Err(TrySendError::Full(())) => self.tx.reserve().await.map_err(drop),
-                Err(TrySendError::Closed(())) => Err(()),
-            };
-            let Ok(permit) = permit else {
-                // Only a consumer that failed drops the receiver. The item
-                // in hand goes down with it: counted as produced, it shows
-                // up in the report as lost.
-                slot.publish(produced + 1);
-                break;
-            };
-            permit.send(item);
-            produced += 1;
-            slot.publish(produced);
+                Ok(None) => break,
+                Err(error) => reject(slot, &mut rejected, &error),
+            }
             // A source that is always ready and a channel with room never
-            // yield, which with a large capacity may be for the whole run.
+            // yield, which with a large capacity may be for the whole run; a
+            // source that rejects input after input must not keep its
+            // runtime thread either.
             let due = pacer.count(1);
             if due > 0 {
                 coop::spend(due).await;
@@ -177,48 +237,101 @@ impl<W: Workload> Producer<W> {
     }
 }
 
-/// Logs an input the source could not read; kept off the hot loop.
+impl<W: Workload> Producer<W, Vec<W::Item>> {
+    /// Sends what the source makes in batches until it ends, the run is
+    /// cancelled or the consumer is gone. A partial batch is sent when its
+    /// linger passes, when the source ends, and on cancellation: nothing the
+    /// source returned is left behind. Fails when the source cannot be
+    /// opened.
+    async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
+        let mut cancelled = pin!(self.stop.cancelled());
+        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+            return Ok(());
+        };
+        let slot = self.counters.producer(self.id);
+        let mut pacer = Pacer::default();
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        let mut batch = batcher.empty_batch();
+        loop {
+            let rejected_before = rejected;
+            let filled = batcher
+                .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
+                    reject(slot, &mut rejected, &error);
+                })
+                .await;
+            let size = batch.len() as u64;
+            if size > 0 {
+                let full = std::mem::replace(&mut batch, batcher.empty_batch());
+                if self.send(full).await.is_err() {
+                    slot.publish(produced + size);
+                    break;
+                }
+                produced += size;
+                slot.publish(produced);
+            }
+            if filled != Filled::Ready || self.stop.is_cancelled() {
+                break;
+            }
+            // As with single items: neither an always-ready source nor a
+            // channel with room would ever make this task yield.
+            let pulled = (size + rejected - rejected_before).max(1);
+            let due = pacer.count(u32::try_from(pulled).unwrap_or(u32::MAX));
+            if due > 0 {
+                coop::spend(due).await;
+            }
+        }
+        tracing::debug!(produced, rejected, "producer finished");
+        Ok(())
+    }
+}
+
+/// Counts and logs an input the source could not read; kept off the hot
+/// loop.
 #[cold]
-fn input_rejected(error: &anyhow::Error) {
+fn reject(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
+    *rejected += 1;
+    slot.publish_rejected(*rejected);
     tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
-/// Drains the channel until every producer is gone and it is empty.
+/// Drains the channel item by item until every producer is gone and it is
+/// empty.
 ///
 /// The consumer never looks at cancellation: producers stop, their senders
 /// drop, and `recv` returns `None` once the queued items are handled. That is
 /// what makes shutdown a drain rather than a loss.
-async fn consume<W: Workload>(
-    mut rx: mpsc::Receiver<W::Item>,
-    workload: Arc<W>,
-    counters: Arc<Counters>,
-) {
-    let slot = counters.worker(0);
-    let (mut handled, mut failed) = (0u64, 0u64);
-    let mut batch = Vec::with_capacity(RECV_BATCH);
+async fn consume_items<W: Workload>(mut rx: mpsc::Receiver<W::Item>, mut settler: Settler<W>) {
     let mut receives = 0u64;
-    let mut timer = HandleTimer::new();
-    while rx.recv_many(&mut batch, RECV_BATCH).await > 0 {
+    while let Some(item) = rx.recv().await {
         // Reading the depth touches the cache line the producers write, so it
         // is sampled rather than read on every receive.
         if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
-            counters.observe_queue_depth(rx.len() + batch.len());
+            settler.observe_queue_depth(rx.len() + 1);
         }
         receives += 1;
-        for item in batch.drain(..) {
-            let timing = timer.start();
-            let outcome = workload.handle(item).await;
-            timer.stop(timing);
-            match outcome {
-                Ok(()) => handled += 1,
-                Err(error) => {
-                    failed += 1;
-                    tracing::warn!(error = format!("{error:#}"), "item failed");
-                }
-            }
-            // After every item, not every batch: if a later item of this
-            // batch panics, the report still knows exactly what finished.
-            slot.publish(handled, failed);
+        // The handler is called right here, not through `Settler::item`: a
+        // nested future per item costs more than the channel does.
+        let timing = settler.timer().start();
+        let outcome = settler.workload().handle(&item).await;
+        settler.timer().stop(timing);
+        match outcome {
+            Ok(()) => settler.handled_one(),
+            Err(error) => settler.item_failed(item, error).await,
         }
+    }
+}
+
+/// Drains the channel batch by batch, like [`consume_items`].
+async fn consume_batches<W: Workload>(
+    mut rx: mpsc::Receiver<Vec<W::Item>>,
+    mut settler: Settler<W>,
+) {
+    let mut receives = 0u64;
+    while let Some(batch) = rx.recv().await {
+        if receives.is_multiple_of(DEPTH_SAMPLE_EVERY) {
+            settler.observe_queue_depth(rx.len() + 1);
+        }
+        receives += 1;
+        settler.batch(batch).await;
     }
 }

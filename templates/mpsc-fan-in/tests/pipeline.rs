@@ -99,7 +99,8 @@ impl Workload for Probe {
         }))
     }
 
-    async fn handle(&self, seq: u64) -> anyhow::Result<()> {
+    async fn handle(&self, seq: &u64) -> anyhow::Result<()> {
+        let seq = *seq;
         let work = match self.slow_item {
             Some((slow, work)) if slow == seq => work,
             _ => self.work,
@@ -137,10 +138,28 @@ fn config(producers: usize, capacity: usize, items: u64) -> Config {
         format!("--producers={producers}"),
         format!("--capacity={capacity}"),
         format!("--items={items}"),
+        "--batch-max=1".to_owned(),
         "--progress-secs=0".to_owned(),
         "--stall-warn-secs=0".to_owned(),
     ])
     .expect("valid test configuration")
+}
+
+/// `config` with batches of up to `batch_max` items (1: item by item).
+fn batched(mut config: Config, batch_max: usize) -> Config {
+    config.topology.delivery.batch_max = batch_max;
+    config
+}
+
+/// Runs the real pipeline; every test workload starts.
+async fn run_pipeline<W: Workload>(
+    config: &Config,
+    workload: W,
+    shutdown: CancellationToken,
+) -> Report {
+    pipeline::run(config, workload, shutdown)
+        .await
+        .expect("the pipeline starts")
 }
 
 /// A token that cancels itself after `delay` (of tokio time, so paused-time
@@ -156,7 +175,7 @@ fn cancel_after(delay: Duration) -> CancellationToken {
 }
 
 async fn run(config: &Config, probe: &Probe) -> Report {
-    pipeline::run(config, probe.sized(config), CancellationToken::new()).await
+    run_pipeline(config, probe.sized(config), CancellationToken::new()).await
 }
 
 proptest! {
@@ -169,16 +188,19 @@ proptest! {
     })]
 
     /// Every produced item is handled once and only once, for any number of
-    /// producers, any capacity down to 1, and both runtime flavors.
+    /// producers, any capacity down to 1, item by item or in batches of any
+    /// size, and both runtime flavors.
     #[test]
     fn every_item_is_handled_exactly_once(
         producers in 1usize..=8,
         capacity in 1usize..=64,
         items in 1u64..=3_000,
+        batch_max in prop_oneof![Just(1usize), 2usize..=300],
         multi_thread in any::<bool>(),
     ) {
         let probe = Probe::default();
-        let report = runtime(multi_thread).block_on(run(&config(producers, capacity, items), &probe));
+        let config = batched(config(producers, capacity, items), batch_max);
+        let report = runtime(multi_thread).block_on(run(&config, &probe));
 
         prop_assert_eq!(report.produced, items);
         prop_assert_eq!(report.handled, items);
@@ -203,60 +225,67 @@ async fn ends_by_itself_when_producers_finish() {
     assert_eq!(report.handled, 50_000);
 }
 
-/// A slow consumer throttles the producers: items in flight never exceed the
-/// channel capacity plus one item per producer waiting for a slot plus what
-/// the consumer holds, however fast producers are.
+/// A slow consumer throttles the producers: items in flight never exceed a
+/// message (an item, or a batch) in each channel slot, in each producer's
+/// hands and in the consumer's, however fast producers are.
 #[tokio::test(start_paused = true)]
 async fn in_flight_items_stay_within_capacity_plus_consumer_hands() {
     let capacity = 4;
-    let probe = Probe {
-        work: Duration::from_millis(1),
-        ..Probe::default()
-    };
-    let report = run(&config(8, capacity, 500), &probe).await;
+    for batch_max in [1, 16] {
+        let probe = Probe {
+            work: Duration::from_millis(1),
+            ..Probe::default()
+        };
+        let items = 500 * batch_max as u64;
+        let report = run(&batched(config(8, capacity, items), batch_max), &probe).await;
 
-    let bound = max_in_flight(capacity, 8) as u64;
-    let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
-    assert!(
-        max_in_flight <= bound,
-        "{max_in_flight} items in flight, bound {bound}"
-    );
-    assert!(
-        max_in_flight >= capacity as u64,
-        "the queue never filled, so nothing was tested"
-    );
-    assert!(report.peak_queue_depth as u64 <= bound);
-    assert_eq!(report.handled, 500);
+        let bound = max_in_flight(capacity, 8, batch_max) as u64;
+        let max_in_flight = probe.seen.max_in_flight.load(SeqCst);
+        assert!(
+            max_in_flight <= bound,
+            "batch_max {batch_max}: {max_in_flight} items in flight, bound {bound}"
+        );
+        assert!(
+            max_in_flight >= (capacity * batch_max) as u64,
+            "batch_max {batch_max}: the queue never filled, so nothing was tested"
+        );
+        assert!(report.peak_queue_depth <= capacity + 1);
+        assert_eq!(report.handled, items);
+    }
 }
 
 /// Cancellation stops the producers, the consumer drains what was queued, and
-/// the run ends promptly with every produced item handled.
+/// the run ends promptly with every produced item handled, item by item and
+/// in (small) batches.
 #[tokio::test(start_paused = true)]
 async fn cancel_stops_producers_and_drains_the_queue() {
-    let probe = Probe {
-        work: Duration::from_millis(1),
-        ..Probe::default()
-    };
-    let shutdown = cancel_after(Duration::from_millis(50));
-    let config = config(4, 16, 0); // 0 = produce until cancelled.
+    for batch_max in [1, 4] {
+        let probe = Probe {
+            work: Duration::from_millis(1),
+            ..Probe::default()
+        };
+        let shutdown = cancel_after(Duration::from_millis(50));
+        let config = batched(config(4, 16, 0), batch_max); // 0 = produce until cancelled.
 
-    // Draining at most capacity + held items of 1 ms each takes well under a second.
-    let report = timeout(
-        Duration::from_secs(1),
-        pipeline::run(&config, probe.sized(&config), shutdown),
-    )
-    .await
-    .expect("the drain after cancellation did not finish in time");
+        // Draining at most (capacity + held messages) × batch_max items of 1 ms
+        // each takes well under a second.
+        let report = timeout(
+            Duration::from_secs(1),
+            run_pipeline(&config, probe.sized(&config), shutdown),
+        )
+        .await
+        .expect("the drain after cancellation did not finish in time");
 
-    assert!(report.cancelled);
-    assert!(report.produced > 0);
-    assert_eq!(
-        report.produced,
-        probe.seen.produced.load(SeqCst),
-        "items created but never sent"
-    );
-    assert_eq!(report.produced, report.handled + report.failed);
-    assert_eq!(report.handled, probe.seen.finished.load(SeqCst));
+        assert!(report.cancelled);
+        assert!(report.produced > 0);
+        assert_eq!(
+            report.produced,
+            probe.seen.produced.load(SeqCst),
+            "items created but never sent"
+        );
+        assert_eq!(report.produced, report.handled + report.failed);
+        assert_eq!(report.handled, probe.seen.finished.load(SeqCst));
+    }
 }
 
 /// The tokio mpsc hazard: `send(item)` raced against cancellation in
@@ -265,14 +294,14 @@ async fn cancel_stops_producers_and_drains_the_queue() {
 /// items produced but never handled. Producers reserve a permit first instead.
 #[tokio::test(start_paused = true)]
 async fn cancellation_under_load_never_loses_an_item() {
-    for cancel_after_ms in 1..=40 {
+    for (cancel_after_ms, batch_max) in (1..=40).zip([1, 4].into_iter().cycle()) {
         let probe = Probe {
             work: Duration::from_millis(1),
             ..Probe::default()
         };
         let shutdown = cancel_after(Duration::from_millis(cancel_after_ms));
-        let config = config(8, 2, 0);
-        let report = pipeline::run(&config, probe.sized(&config), shutdown).await;
+        let config = batched(config(8, 2, 0), batch_max);
+        let report = run_pipeline(&config, probe.sized(&config), shutdown).await;
 
         let created = probe.seen.produced.load(SeqCst);
         assert_eq!(
@@ -357,13 +386,13 @@ async fn a_panicking_producer_stops_the_run() {
                 self.0,
             )))
         }
-        async fn handle(&self, _seq: u64) -> anyhow::Result<()> {
+        async fn handle(&self, _seq: &u64) -> anyhow::Result<()> {
             Ok(())
         }
     }
     let report = timeout(
         Duration::from_secs(30),
-        pipeline::run(
+        run_pipeline(
             &config(4, 8, 0),
             PanicsAtSeq(1_001),
             CancellationToken::new(),
@@ -393,7 +422,7 @@ fn cancellation_is_heard_under_sustained_load() {
                 runtime(multi_thread).block_on(async {
                     let shutdown = cancel_after(Duration::from_millis(200));
                     let config = config(4, capacity, 0);
-                    pipeline::run(&config, Probe::default().sized(&config), shutdown).await
+                    run_pipeline(&config, Probe::default().sized(&config), shutdown).await
                 })
             });
             assert!(
@@ -419,7 +448,7 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
     config.drain_timeout = 5;
     let report = timeout(
         Duration::from_secs(60),
-        pipeline::run(
+        run_pipeline(
             &config,
             probe.sized(&config),
             cancel_after(Duration::from_millis(10)),
@@ -441,26 +470,40 @@ async fn a_drain_longer_than_the_deadline_is_abandoned() {
 /// A consumer that panics halfway through a batch: everything it finished
 /// before the panic is reported as handled, and only the rest as lost. One
 /// producer keeps the items in order, so the numbers are exact.
+///
+/// With batches, an item that failed earlier in the panicking batch was not
+/// settled yet (it would have been retried or dead-lettered after the
+/// batch), so it is lost rather than failed; the handled count stays exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_mid_batch_reports_exact_numbers() {
     let panic_at = 300;
-    let probe = Probe {
-        panic_at: Some(panic_at),
-        fail_every: Some(7),
-        ..Probe::default()
-    };
-    let report = timeout(
-        Duration::from_secs(30),
-        run(&config(1, 512, 100_000), &probe),
-    )
-    .await
-    .expect("a panicking consumer must not hang the run");
+    for batch_max in [1, 64] {
+        let probe = Probe {
+            panic_at: Some(panic_at),
+            fail_every: Some(7),
+            ..Probe::default()
+        };
+        let config = batched(config(1, 512, 100_000), batch_max);
+        let report = timeout(Duration::from_secs(30), run(&config, &probe))
+            .await
+            .expect("a panicking consumer must not hang the run");
 
-    let failed = (0..panic_at).filter(|seq| seq % 7 == 0).count() as u64;
-    assert_eq!(report.failed, failed);
-    assert_eq!(report.handled, panic_at - failed);
-    assert_eq!(report.lost, report.produced - panic_at);
-    assert_eq!((report.failed_stages, report.unaccounted), (1, 0));
+        let failed = (0..panic_at).filter(|seq| seq % 7 == 0).count() as u64;
+        assert_eq!(report.handled, panic_at - failed, "batch_max {batch_max}");
+        let settled = if batch_max == 1 {
+            failed
+        } else {
+            let batch_start = panic_at / 64 * 64;
+            (0..batch_start).filter(|seq| seq % 7 == 0).count() as u64
+        };
+        assert_eq!(report.failed, settled, "batch_max {batch_max}");
+        assert_eq!(
+            report.lost,
+            report.produced - report.handled - report.failed,
+            "batch_max {batch_max}"
+        );
+        assert_eq!((report.failed_stages, report.unaccounted), (1, 0));
+    }
 }
 
 /// Consumers stuck on one slow item for longer than `--stall-warn-secs`
@@ -497,13 +540,16 @@ fn stress_every_created_item_is_accounted_for() {
             for multi_thread in [false, true] {
                 for capacity in [1, 64] {
                     let probe = Probe::default();
+                    let batch_max = if round % 2 == 0 { 1 } else { 32 };
                     let report = runtime(multi_thread).block_on(async {
                         let shutdown = cancel_after(Duration::from_millis(5 + 7 * round));
-                        let config = config(16, capacity, 0);
-                        pipeline::run(&config, probe.sized(&config), shutdown).await
+                        let config = batched(config(16, capacity, 0), batch_max);
+                        run_pipeline(&config, probe.sized(&config), shutdown).await
                     });
-                    let case =
-                        format!("round {round}, multi_thread={multi_thread}, capacity={capacity}");
+                    let case = format!(
+                        "round {round}, multi_thread={multi_thread}, capacity={capacity}, \
+                         batch_max={batch_max}"
+                    );
                     assert_eq!(report.unaccounted, 0, "{case}: {report:?}");
                     assert_eq!(report.produced, probe.seen.produced.load(SeqCst), "{case}");
                     assert_eq!(report.handled, report.produced, "{case}");

@@ -28,12 +28,13 @@ impl NdjsonFile {
         })
     }
 
-    /// Appends one record, which must be a single line of JSON.
-    pub async fn write(&self, record: &str) -> anyhow::Result<()> {
-        debug_assert!(!record.contains('\n'), "an NDJSON record is one line");
+    /// Appends records that are already lines (one JSON document each,
+    /// every one ending in `\n`) with one lock and one buffered write: how
+    /// a batch is written.
+    pub async fn write_lines(&self, lines: &str) -> anyhow::Result<()> {
+        debug_assert!(lines.is_empty() || lines.ends_with('\n'));
         let mut out = self.out.lock().await;
-        out.write_all(record.as_bytes()).await?;
-        out.write_all(b"\n").await?;
+        out.write_all(lines.as_bytes()).await?;
         Ok(())
     }
 
