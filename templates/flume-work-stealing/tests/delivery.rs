@@ -439,6 +439,23 @@ async fn a_cancel_during_a_backoff_dead_letters_the_item() {
     }
 }
 
+/// The dead-letter file is appended to: what earlier runs left there stays
+/// for replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_earlier_runs_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.ndjson");
+    std::fs::write(&path, "{\"item\":1,\"error\":\"earlier\",\"attempts\":1}\n").unwrap();
+    let config = config(&[&format!("--dead-letter={}", path.display())]);
+    let report = run(&config, Flaky::new(10, |id| u32::from(id == 4) * u32::MAX), None).await;
+
+    assert_eq!(report.dead_lettered, 1);
+    let records = dead_letters(&path);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["error"], "earlier");
+    assert_eq!(records[1]["item"], 4);
+}
+
 /// A dead-letter path that cannot be created fails the run before it starts.
 #[tokio::test]
 async fn an_unwritable_dead_letter_file_fails_at_start() {

@@ -25,7 +25,8 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value = "4", value_parser = task_count, allow_negative_numbers = true)]
     pub producers: usize,
 
-    /// Channel capacity: how many items may wait between the stages.
+    /// Channel capacity: how many messages may wait between the stages; a
+    /// message is an item, or a batch where the topology sends batches.
     #[arg(long, value_name = "N", default_value = "{{capacity}}", value_parser = capacity, allow_negative_numbers = true)]
     pub capacity: usize,
 

@@ -69,9 +69,9 @@ pub struct DeliveryArgs {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub retry_backoff_ms: u64,
 
-    /// Append items that still fail after their retries to this file, one
-    /// NDJSON line each: `{"item":…,"error":"…","attempts":N}`. Without it,
-    /// they are logged and counted as dropped.
+    /// Append items that still fail after their retries to this file (created
+    /// if missing), one NDJSON line each: `{"item":…,"error":"…","attempts":N}`.
+    /// Without it, they are logged and counted as dropped.
     #[arg(long, value_name = "PATH")]
     pub dead_letter: Option<PathBuf>,
 }
@@ -285,12 +285,13 @@ struct DeadLetter {
 }
 
 impl FailurePolicy {
-    /// The policy the flags ask for. Creates (or truncates) the dead-letter
-    /// file, so a path that cannot be written fails before the run starts.
+    /// The policy the flags ask for. Opens the dead-letter file to append to
+    /// it (dead letters of earlier runs stay), so a path that cannot be
+    /// written fails before the run starts.
     pub fn new(args: &DeliveryArgs, stop: CancellationToken) -> anyhow::Result<Self> {
         let dead_letter = match &args.dead_letter {
             Some(path) => Some(DeadLetter {
-                file: NdjsonFile::create(path)?,
+                file: NdjsonFile::append(path)?,
                 path: path.clone(),
             }),
             None => None,

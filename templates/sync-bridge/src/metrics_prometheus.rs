@@ -242,7 +242,7 @@ impl Exporter {
         metrics::describe_histogram!(
             name("handle_duration_seconds"),
             Unit::Seconds,
-            "Time the handler took per item (sampled: about one item per millisecond per consumer)."
+            "Time the handler took per call, for an item or a whole batch (sampled: about one call per millisecond per consumer)."
         );
         Self {
             handle,

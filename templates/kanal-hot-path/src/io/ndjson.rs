@@ -23,9 +23,24 @@ impl NdjsonFile {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self {
+        Ok(Self::from_file(file))
+    }
+
+    /// Opens the file at `path` to append to it, creating it if need be:
+    /// for records that must outlive the run, such as dead letters.
+    pub fn append(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} to append to it", path.display()))?;
+        Ok(Self::from_file(file))
+    }
+
+    fn from_file(file: std::fs::File) -> Self {
+        Self {
             out: Mutex::new(BufWriter::new(File::from_std(file))),
-        })
+        }
     }
 
     /// Appends records that are already lines (one JSON document each,
