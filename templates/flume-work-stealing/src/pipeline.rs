@@ -29,20 +29,21 @@
 //! report belong to [`crate::supervisor`]; this module holds only the
 //! channel, the stages and their loops.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use flume::TrySendError;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::counters::{Counters, ProducerSlot};
+use crate::counters::Counters;
 use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
-use crate::workload_api::{self, Source, Workload, unless_cancelled};
+use crate::workload_api::{
+    self, Source, Workload, input_rejected, open_unless_cancelled, unless_cancelled,
+};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "flume-work-stealing";
@@ -196,20 +197,6 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
             .collect()
     }
 
-    /// Opens this producer's source; `None` when it has nothing to read or
-    /// the run is cancelled first. Opening may wait (for a connection, say),
-    /// so it is raced against cancellation; the workload's contract makes
-    /// that safe.
-    async fn open(
-        &self,
-        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> anyhow::Result<Option<W::Source>> {
-        tokio::select! {
-            opened = self.workload.open(self.id) => opened.context("opening the source"),
-            () = cancelled => Ok(None),
-        }
-    }
-
     /// Sends `message`; `Ok(true)` when it had to wait for a free slot, `Err`
     /// when every worker is gone (they all failed): the message goes down
     /// with them.
@@ -240,7 +227,8 @@ impl<W: Workload> Producer<W, W::Item> {
     /// opened.
     async fn run_items(self) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+        let opened = open_unless_cancelled(&*self.workload, self.id, cancelled.as_mut()).await?;
+        let Some(mut source) = opened else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -276,7 +264,7 @@ impl<W: Workload> Producer<W, W::Item> {
                     }
                 }
                 Ok(None) => break,
-                Err(error) => reject(slot, &mut rejected, &error),
+                Err(error) => input_rejected(slot, &mut rejected, &error),
             }
             // flume takes no part in tokio's cooperative budget: `try_send`
             // succeeds without ever yielding while the channel has room, and
@@ -307,7 +295,8 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
     /// opened.
     async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+        let opened = open_unless_cancelled(&*self.workload, self.id, cancelled.as_mut()).await?;
+        let Some(mut source) = opened else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -316,7 +305,7 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
         loop {
             let filled = batcher
                 .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
-                    reject(slot, &mut rejected, &error);
+                    input_rejected(slot, &mut rejected, &error);
                 })
                 .await;
             let size = batch.len() as u64;
@@ -339,15 +328,6 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
         tracing::debug!(produced, rejected, "producer finished");
         Ok(())
     }
-}
-
-/// Counts and logs an input the source could not read; kept off the hot
-/// loop.
-#[cold]
-fn reject(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
-    *rejected += 1;
-    slot.publish_rejected(*rejected);
-    tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
 /// What every worker carries, whatever its kind: its receiver clone of a

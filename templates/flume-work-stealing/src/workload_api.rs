@@ -11,8 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use anyhow::Context as _;
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::counters::ProducerSlot;
 use crate::delivery::Batch;
 use crate::report::Report;
 
@@ -203,6 +205,30 @@ pub fn unless_cancelled<'a, F: Future>(
         }
         cancelled.as_mut().poll(cx).map(|()| None)
     })
+}
+
+/// Opens the source of producer `producer`, raced against `cancelled`:
+/// opening may wait (for a connection, say), and the workload's contract
+/// makes dropping it safe. `None` when the producer has nothing to read or
+/// the run is cancelled first.
+pub async fn open_unless_cancelled<W: Workload>(
+    workload: &W,
+    producer: usize,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> anyhow::Result<Option<W::Source>> {
+    tokio::select! {
+        opened = workload.open(producer) => opened.context("opening the source"),
+        () = cancelled => Ok(None),
+    }
+}
+
+/// Counts and logs an input a producer's source could not read. Kept out of
+/// line, off the producers' hot loops.
+#[cold]
+pub fn input_rejected(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
+    *rejected += 1;
+    slot.publish_rejected(*rejected);
+    tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
 /// Calls [`Workload::close`] at the end of a run and counts a failure as a

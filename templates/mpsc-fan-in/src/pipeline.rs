@@ -16,20 +16,21 @@
 //! the channel, or, after cancellation, when the producers have stopped and the
 //! consumer has drained what was already queued.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::coop::{self, Pacer};
-use crate::counters::{Counters, ProducerSlot};
+use crate::counters::Counters;
 use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
 use crate::report::Report;
 use crate::supervisor::Supervisor;
-use crate::workload_api::{self, Source, Workload, unless_cancelled};
+use crate::workload_api::{
+    self, Source, Workload, input_rejected, open_unless_cancelled, unless_cancelled,
+};
 
 /// The name this topology reports itself under.
 pub const TOPOLOGY: &str = "mpsc-fan-in";
@@ -152,20 +153,6 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
             .collect()
     }
 
-    /// Opens this producer's source; `None` when it has nothing to read or
-    /// the run is cancelled first. Opening may wait (for a connection, say),
-    /// so it is raced against cancellation; the workload's contract makes
-    /// that safe.
-    async fn open(
-        &self,
-        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> anyhow::Result<Option<W::Source>> {
-        tokio::select! {
-            opened = self.workload.open(self.id) => opened.context("opening the source"),
-            () = cancelled => Ok(None),
-        }
-    }
-
     /// Sends `message`, waiting while the channel is full. `Err` when the
     /// consumer is gone (it failed): the message goes down with it.
     ///
@@ -191,7 +178,8 @@ impl<W: Workload> Producer<W, W::Item> {
     /// opened.
     async fn run_items(self) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+        let opened = open_unless_cancelled(&*self.workload, self.id, cancelled.as_mut()).await?;
+        let Some(mut source) = opened else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -221,7 +209,7 @@ impl<W: Workload> Producer<W, W::Item> {
                     slot.publish(produced);
                 }
                 Ok(None) => break,
-                Err(error) => reject(slot, &mut rejected, &error),
+                Err(error) => input_rejected(slot, &mut rejected, &error),
             }
             // A source that is always ready and a channel with room never
             // yield, which with a large capacity may be for the whole run; a
@@ -245,7 +233,8 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
     /// opened.
     async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
-        let Some(mut source) = self.open(cancelled.as_mut()).await? else {
+        let opened = open_unless_cancelled(&*self.workload, self.id, cancelled.as_mut()).await?;
+        let Some(mut source) = opened else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
@@ -256,7 +245,7 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
             let rejected_before = rejected;
             let filled = batcher
                 .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
-                    reject(slot, &mut rejected, &error);
+                    input_rejected(slot, &mut rejected, &error);
                 })
                 .await;
             let size = batch.len() as u64;
@@ -283,15 +272,6 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
         tracing::debug!(produced, rejected, "producer finished");
         Ok(())
     }
-}
-
-/// Counts and logs an input the source could not read; kept off the hot
-/// loop.
-#[cold]
-fn reject(slot: &ProducerSlot, rejected: &mut u64, error: &anyhow::Error) {
-    *rejected += 1;
-    slot.publish_rejected(*rejected);
-    tracing::warn!(error = format!("{error:#}"), "input rejected");
 }
 
 /// Drains the channel item by item until every producer is gone and it is

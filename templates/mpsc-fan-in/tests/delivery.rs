@@ -447,7 +447,8 @@ async fn dead_letters_of_earlier_runs_are_kept() {
     let path = dir.path().join("dead.ndjson");
     std::fs::write(&path, "{\"item\":1,\"error\":\"earlier\",\"attempts\":1}\n").unwrap();
     let config = config(&[&format!("--dead-letter={}", path.display())]);
-    let report = run(&config, Flaky::new(10, |id| u32::from(id == 4) * u32::MAX), None).await;
+    let workload = Flaky::new(10, |id| if id == 4 { u32::MAX } else { 0 });
+    let report = run(&config, workload, None).await;
 
     assert_eq!(report.dead_lettered, 1);
     let records = dead_letters(&path);
