@@ -21,7 +21,8 @@
 //! The run ends when every source has ended and the workers have drained the
 //! channel. Cancellation only stops the producers: once the last `Sender` is
 //! gone the channel disconnects, and each worker's receive returns an error
-//! after the queue is empty. Workers never watch the token themselves. A
+//! after the queue is empty. Workers never watch the token to stop (only a
+//! retry's backoff wait ends early on it, see [`crate::delivery`]). A
 //! stage that fails stops the producers the same way (the supervisor cancels
 //! their stop token), and the remaining workers drain what is queued.
 //!

@@ -322,10 +322,11 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
 /// Drains the channel item by item until every producer is gone and it is
 /// empty.
 ///
-/// The consumer never looks at cancellation, and never races `recv` against
-/// anything: producers stop, their senders drop, and `recv` fails only once
-/// the queued items are all taken. That is what makes shutdown a drain rather
-/// than a loss.
+/// The consumer never looks at cancellation to stop (only a retry's backoff
+/// wait ends early on it, see [`crate::delivery`]), and never races `recv`
+/// against anything: producers stop, their senders drop, and `recv` fails
+/// only once the queued items are all taken. That is what makes shutdown a
+/// drain rather than a loss.
 async fn consume_items<W: Workload>(rx: AsyncReceiver<W::Item>, mut settler: Settler<W>) {
     let mut receives = 0u64;
     let mut pacer = Pacer::default();

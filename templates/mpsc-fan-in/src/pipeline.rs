@@ -277,9 +277,10 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
 /// Drains the channel item by item until every producer is gone and it is
 /// empty.
 ///
-/// The consumer never looks at cancellation: producers stop, their senders
-/// drop, and `recv` returns `None` once the queued items are handled. That is
-/// what makes shutdown a drain rather than a loss.
+/// The consumer never looks at cancellation to stop (only a retry's backoff
+/// wait ends early on it, see [`crate::delivery`]): producers stop, their
+/// senders drop, and `recv` returns `None` once the queued items are handled.
+/// That is what makes shutdown a drain rather than a loss.
 async fn consume_items<W: Workload>(mut rx: mpsc::Receiver<W::Item>, mut settler: Settler<W>) {
     let mut receives = 0u64;
     while let Some(item) = rx.recv().await {
