@@ -209,7 +209,9 @@ enum Step<T> {
 /// finish is optional: it makes the report exact should a later item panic.
 pub struct Batch<'a, I> {
     items: &'a [I],
-    outcomes: &'a mut [Outcome],
+    /// One outcome per item once the handler marks its first item; empty
+    /// until then, so a handler that marks nothing costs nothing per item.
+    outcomes: &'a mut Vec<Outcome>,
     progress: Progress<'a>,
 }
 
@@ -249,7 +251,7 @@ impl<'a, I> Batch<'a, I> {
 
     /// Marks item `index` handled, at once.
     pub fn done(&mut self, index: usize) {
-        if let Some(outcome @ Outcome::Open) = self.outcomes.get_mut(index) {
+        if let Some(outcome @ Outcome::Open) = self.outcome(index) {
             *outcome = Outcome::Done;
             *self.progress.handled += 1;
             self.progress
@@ -262,9 +264,16 @@ impl<'a, I> Batch<'a, I> {
     /// Marks item `index` failed with `error`: it is retried, or
     /// dead-lettered, on its own; the others are not affected.
     pub fn fail(&mut self, index: usize, error: anyhow::Error) {
-        if let Some(outcome @ Outcome::Open) = self.outcomes.get_mut(index) {
+        if let Some(outcome @ Outcome::Open) = self.outcome(index) {
             *outcome = Outcome::Failed(format!("{error:#}").into());
         }
+    }
+
+    fn outcome(&mut self, index: usize) -> Option<&mut Outcome> {
+        if self.outcomes.is_empty() {
+            self.outcomes.resize(self.items.len(), Outcome::Open);
+        }
+        self.outcomes.get_mut(index)
     }
 }
 
@@ -504,11 +513,11 @@ impl<W: Workload> Settler<W> {
     /// as the policy says, and settles every item of it.
     pub async fn batch(&mut self, mut items: Vec<W::Item>) {
         let mut attempts = 0;
-        let mut delays = self.policy.backoff.build();
+        // Built at the first retry: most batches never need one.
+        let mut delays = None;
         loop {
             attempts += 1;
             self.outcomes.clear();
-            self.outcomes.resize(items.len(), Outcome::Open);
             let timing = self.timer.start();
             let mut batch = Batch {
                 items: &items,
@@ -522,6 +531,14 @@ impl<W: Workload> Settler<W> {
             };
             let result = self.workload.handle_batch(&mut batch).await;
             self.timer.stop(timing);
+            if self.outcomes.is_empty() && result.is_ok() {
+                // Nothing marked, nothing failed: the common case, settled
+                // without a look at each item.
+                self.handled += items.len() as u64;
+                self.publish();
+                break;
+            }
+            self.outcomes.resize(items.len(), Outcome::Open);
             let shared: Option<Arc<str>> = result.err().map(|e| format!("{e:#}").into());
             for outcome in &mut self.outcomes {
                 if let Outcome::Open = outcome {
@@ -549,7 +566,8 @@ impl<W: Workload> Settler<W> {
             if items.is_empty() {
                 break;
             }
-            if !self.policy.wait_to_retry(&mut delays).await {
+            let delays = delays.get_or_insert_with(|| self.policy.backoff.build());
+            if !self.policy.wait_to_retry(delays).await {
                 let errors = std::mem::take(&mut self.outcomes);
                 let failed = items.iter().zip(errors.iter().map(|outcome| match outcome {
                     Outcome::Failed(error) => &**error,

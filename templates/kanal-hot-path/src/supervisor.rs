@@ -354,10 +354,17 @@ async fn monitor(
     };
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The first tick is immediate; there is nothing to say yet. Times are
+    // The first tick is due at once; there is nothing to say yet. Times are
     // the ticks' scheduled instants rather than `Instant::now()`, so that a
     // progress line due every tick is not skipped for being a hair early.
-    let start = ticks.tick().await;
+    // Even that first tick waits for the timer wheel to turn (up to a
+    // millisecond, and later while the workers are busy), so it is raced
+    // against `done` too: otherwise every run, however short, would end up
+    // to a millisecond late, waiting for this task.
+    let start = tokio::select! {
+        () = done.cancelled() => return 0,
+        start = ticks.tick() => start,
+    };
     let mut progress = progress_every.map(|every| ProgressLine::new(every, start));
     let mut stall = stall_after.map(|after| StallWatch::new(after, start));
     loop {
