@@ -57,7 +57,7 @@ where
 // yield now and then.
 
 /// Takes items one by one and hands each to the handler. The handler is
-/// called right here rather than through `Settler::item`: a nested future
+/// called right here rather than in a helper `async fn`: a nested future
 /// per item costs more than the channel does.
 async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     let mut pacer = Pacer::default();

@@ -72,7 +72,7 @@ where
 // cooperative yields: there are no other tasks on this thread to starve.
 
 /// Takes items one by one and hands each to the handler, called right here
-/// rather than through `Settler::item`, as the task workers do.
+/// rather than in a helper `async fn`, as the task workers do.
 async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     while let Ok(item) = worker.rx.recv() {
         worker.took_message();

@@ -345,7 +345,7 @@ async fn consume_items<W: Workload>(rx: AsyncReceiver<W::Item>, mut settler: Set
             settler.observe_queue_depth(1 + rx.len());
         }
         receives += 1;
-        // Handled right here rather than through `Settler::item`: a nested
+        // Handled right here rather than in a helper `async fn`: a nested
         // future per item cost measurably more than the channel itself.
         let timing = settler.timer().start();
         let outcome = settler.workload().handle(&item).await;

@@ -435,7 +435,9 @@ impl<W: Workload> Settler<W> {
         }
     }
 
-    /// The workload, for loops that call [`Workload::handle`] themselves.
+    /// The workload, for the item-by-item loops, which call
+    /// [`Workload::handle`] themselves: a helper `async fn` around it would
+    /// be a nested future per item, which costs more than the channel does.
     #[inline]
     pub fn workload(&self) -> &W {
         &self.workload
@@ -445,12 +447,6 @@ impl<W: Workload> Settler<W> {
     #[inline]
     pub fn timer(&mut self) -> &mut HandleTimer {
         &mut self.timer
-    }
-
-    /// Items this worker has finished, successfully or not.
-    #[inline]
-    pub fn finished(&self) -> u64 {
-        self.handled + self.failed
     }
 
     /// Records a sampled queue depth (see [`Counters::observe_queue_depth`]).
@@ -463,17 +459,6 @@ impl<W: Workload> Settler<W> {
     pub fn handled_one(&mut self) {
         self.handled += 1;
         self.publish();
-    }
-
-    /// Hands one item to [`Workload::handle`] and settles the outcome.
-    pub async fn item(&mut self, item: W::Item) {
-        let timing = self.timer.start();
-        let outcome = self.workload.handle(&item).await;
-        self.timer.stop(timing);
-        match outcome {
-            Ok(()) => self.handled_one(),
-            Err(error) => self.item_failed(item, error).await,
-        }
     }
 
     /// Settles an item whose handler returned `error`: retries it as the

@@ -290,8 +290,8 @@ async fn consume_items<W: Workload>(mut rx: mpsc::Receiver<W::Item>, mut settler
             settler.observe_queue_depth(rx.len() + 1);
         }
         receives += 1;
-        // The handler is called right here, not through `Settler::item`: a
-        // nested future per item costs more than the channel does.
+        // The handler is called right here, not through a helper `async
+        // fn`: a nested future per item costs more than the channel does.
         let timing = settler.timer().start();
         let outcome = settler.workload().handle(&item).await;
         settler.timer().stop(timing);
