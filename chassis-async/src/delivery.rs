@@ -27,11 +27,12 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::counters::Counters;
+use crate::coop::{self, Pacer};
+use crate::counters::{Counters, ProducerSlot};
 use crate::io::ndjson::NdjsonFile;
 use crate::metrics::HandleTimer;
 use crate::report::Report;
-use crate::workload_api::{Source, Workload};
+use crate::workload_api::{Source, Workload, input_rejected};
 
 /// The most items one batch may hold.
 pub const MAX_BATCH: usize = 65_536;
@@ -95,9 +96,20 @@ fn batch_size(value: &str) -> Result<usize, String> {
     }
 }
 
+/// Where a producer's messages go: the sending end of a pipeline's channel.
+pub trait Outlet<M>: Sync {
+    /// Sends `message`, waiting while the channel is full. `Err` when no
+    /// consumer is left (they failed): the message goes down with them.
+    ///
+    /// Never raced against cancellation: the message is the pipeline's to
+    /// deliver, and the consumers keep draining until every producer is
+    /// gone, so the wait ends.
+    fn deliver(&self, message: M) -> impl Future<Output = Result<(), ()>> + Send;
+}
+
 /// Why [`Batcher::fill`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filled {
+enum Filled {
     /// The batch is full, or its linger has passed, or the source has been
     /// asked for as many items as a batch holds: send what is there (if
     /// anything) and fill the next.
@@ -109,8 +121,8 @@ pub enum Filled {
     Cancelled,
 }
 
-/// One producer's batch filler: takes items from its source into a batch and
-/// says when the batch should go.
+/// One producer's batcher: fills batches from its source and sends each
+/// when it should go.
 pub struct Batcher {
     max: usize,
     linger: Duration,
@@ -131,8 +143,60 @@ impl Batcher {
         }
     }
 
+    /// Runs one producer in batches: fills a batch from `source`, hands it
+    /// to `outlet`, and so on until the source ends, `stop` is cancelled (a
+    /// shutdown request, a failed stage; `cancelled` is its pinned future)
+    /// or no consumer is left. A partial batch goes out when its linger
+    /// passes, when the source ends, and on a stop: nothing the source
+    /// returned is left behind. Counts into `slot` as it goes, and returns
+    /// the items sent and the inputs rejected, for the log.
+    pub async fn produce<S: Source>(
+        mut self,
+        source: &mut S,
+        outlet: &impl Outlet<Vec<S::Item>>,
+        slot: &ProducerSlot,
+        stop: &CancellationToken,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> (u64, u64) {
+        let mut pacer = Pacer::default();
+        let (mut produced, mut rejected) = (0u64, 0u64);
+        let mut batch = self.empty_batch();
+        loop {
+            let rejected_before = rejected;
+            let filled = self
+                .fill(source, &mut batch, cancelled.as_mut(), |error| {
+                    input_rejected(slot, &mut rejected, &error);
+                })
+                .await;
+            let size = batch.len() as u64;
+            if size > 0 {
+                let full = std::mem::replace(&mut batch, self.empty_batch());
+                if outlet.deliver(full).await.is_err() {
+                    // Counted as produced, the batch the failed consumers
+                    // took down shows up in the report as lost.
+                    slot.publish(produced + size);
+                    break;
+                }
+                produced += size;
+                slot.publish(produced);
+            }
+            if filled != Filled::Ready || stop.is_cancelled() {
+                break;
+            }
+            // Neither an always-ready source (or one that rejects input
+            // after input) nor a channel with room would ever make this task
+            // yield; between two batches nothing is in hand.
+            let pulled = (size + rejected - rejected_before).max(1);
+            let due = pacer.count(u32::try_from(pulled).unwrap_or(u32::MAX));
+            if due > 0 {
+                coop::spend(due).await;
+            }
+        }
+        (produced, rejected)
+    }
+
     /// A new, empty batch with room for a full one.
-    pub fn empty_batch<I>(&self) -> Vec<I> {
+    fn empty_batch<I>(&self) -> Vec<I> {
         Vec::with_capacity(self.max)
     }
 
@@ -146,7 +210,7 @@ impl Batcher {
     /// raced against `cancelled` and the linger deadline, which the
     /// [`Source`] contract makes safe: nothing the source has returned is
     /// ever dropped, it is in `batch`.
-    pub async fn fill<S: Source>(
+    async fn fill<S: Source>(
         &mut self,
         source: &mut S,
         batch: &mut Vec<S::Item>,

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Filled, Settler};
+use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Outlet, Settler};
 use crate::report::Report;
 use crate::supervisor::Supervisor;
 use crate::workers;
@@ -222,6 +222,12 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
     }
 }
 
+impl<W: Workload, M: Send + 'static> Outlet<M> for Producer<W, M> {
+    async fn deliver(&self, message: M) -> Result<(), ()> {
+        self.send(message).await.map(drop)
+    }
+}
+
 impl<W: Workload> Producer<W, W::Item> {
     /// Sends what the source makes, item by item, until it ends, the run is
     /// cancelled or every worker is gone. Fails when the source cannot be
@@ -290,42 +296,18 @@ impl<W: Workload> Producer<W, W::Item> {
 
 impl<W: Workload> Producer<W, Vec<W::Item>> {
     /// Sends what the source makes in batches until it ends, the run is
-    /// cancelled or every worker is gone. A partial batch is sent when its
-    /// linger passes, when the source ends, and on cancellation: nothing the
-    /// source returned is left behind. Fails when the source cannot be
-    /// opened.
-    async fn run_batches(self, mut batcher: Batcher) -> anyhow::Result<()> {
+    /// stopped or no consumer is left (see [`Batcher::produce`]). Fails when
+    /// the source cannot be opened.
+    async fn run_batches(self, batcher: Batcher) -> anyhow::Result<()> {
         let mut cancelled = pin!(self.stop.cancelled());
         let opened = open_unless_cancelled(&*self.workload, self.id, cancelled.as_mut()).await?;
         let Some(mut source) = opened else {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
-        let (mut produced, mut rejected) = (0u64, 0u64);
-        let mut batch = batcher.empty_batch();
-        loop {
-            let filled = batcher
-                .fill(&mut source, &mut batch, cancelled.as_mut(), |error| {
-                    input_rejected(slot, &mut rejected, &error);
-                })
-                .await;
-            let size = batch.len() as u64;
-            if size > 0 {
-                let full = std::mem::replace(&mut batch, batcher.empty_batch());
-                if self.send(full).await.is_err() {
-                    slot.publish(produced + size);
-                    break;
-                }
-                produced += size;
-                slot.publish(produced);
-            }
-            if filled != Filled::Ready || self.stop.is_cancelled() {
-                break;
-            }
-            // A unit of budget per batch: neither an always-ready source nor
-            // a channel with room would ever make this task yield.
-            tokio::task::consume_budget().await;
-        }
+        let (produced, rejected) = batcher
+            .produce(&mut source, &self, slot, &self.stop, cancelled)
+            .await;
         tracing::debug!(produced, rejected, "producer finished");
         Ok(())
     }
