@@ -191,7 +191,9 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
             })
             .collect()
     }
+}
 
+impl<W: Workload, M: Send + 'static> Outlet<M> for Producer<W, M> {
     /// Hands `message` to the channel, waiting while it is full. `Err` when
     /// the consumer is gone (it failed): the message goes down with it.
     ///
@@ -207,7 +209,7 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
     /// again before the next message. So after a shutdown request each
     /// producer finishes at most the one send it is in.
     #[inline]
-    async fn send(&self, message: M) -> Result<(), ()> {
+    async fn deliver(&self, message: M) -> Result<(), ()> {
         let mut in_hand = Some(message);
         match self.tx.try_send_option(&mut in_hand) {
             Ok(_) => match in_hand.take() {
@@ -216,12 +218,6 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
             },
             Err(_) => Err(()),
         }
-    }
-}
-
-impl<W: Workload, M: Send + 'static> Outlet<M> for Producer<W, M> {
-    fn deliver(&self, message: M) -> impl Future<Output = Result<(), ()>> + Send {
-        self.send(message)
     }
 }
 
@@ -250,7 +246,7 @@ impl<W: Workload> Producer<W, W::Item> {
             };
             match next {
                 Ok(Some(item)) => {
-                    if self.send(item).await.is_err() {
+                    if self.deliver(item).await.is_err() {
                         // Counted as produced, the item the failed consumer
                         // took down shows up in the report as lost.
                         slot.publish(produced + 1);

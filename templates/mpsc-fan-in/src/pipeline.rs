@@ -152,7 +152,9 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
             })
             .collect()
     }
+}
 
+impl<W: Workload, M: Send + 'static> Outlet<M> for Producer<W, M> {
     /// Sends `message`, waiting while the channel is full. `Err` when the
     /// consumer is gone (it failed): the message goes down with it.
     ///
@@ -161,7 +163,7 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
     /// only while the channel is full, and the consumer keeps draining until
     /// every producer is gone, so the wait ends. `try_reserve` is the fast
     /// path while there is room.
-    async fn send(&self, message: M) -> Result<(), ()> {
+    async fn deliver(&self, message: M) -> Result<(), ()> {
         let permit = match self.tx.try_reserve() {
             Ok(permit) => permit,
             Err(TrySendError::Full(())) => self.tx.reserve().await.map_err(drop)?,
@@ -169,12 +171,6 @@ impl<W: Workload, M: Send + 'static> Producer<W, M> {
         };
         permit.send(message);
         Ok(())
-    }
-}
-
-impl<W: Workload, M: Send + 'static> Outlet<M> for Producer<W, M> {
-    fn deliver(&self, message: M) -> impl Future<Output = Result<(), ()>> + Send {
-        self.send(message)
     }
 }
 
@@ -205,7 +201,7 @@ impl<W: Workload> Producer<W, W::Item> {
             };
             match next {
                 Ok(Some(item)) => {
-                    if self.send(item).await.is_err() {
+                    if self.deliver(item).await.is_err() {
                         // Counted as produced, the item the failed consumer
                         // took down shows up in the report as lost.
                         slot.publish(produced + 1);
