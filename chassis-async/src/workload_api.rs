@@ -134,7 +134,9 @@ pub trait Source: Send + 'static {
     ///
     /// **Cancel safety.** While it waits for input, this future is raced
     /// against shutdown and dropped when the shutdown request comes first,
-    /// so a source waiting on a quiet socket never holds up the drain. It
+    /// so a source waiting on a quiet socket never holds up the drain; with
+    /// batches it is also raced against the batch's linger, and dropped when
+    /// the partial batch is due, then asked again. It
     /// must therefore be cancel safe: dropping it before it completes must
     /// not lose input it has already read. Keep partial input in `self`,
     /// not in locals of the future, and use cancel-safe reads (tokio's
