@@ -169,7 +169,7 @@ fn spawn_producer<F>(supervisor: &mut Supervisor, id: usize, producer: F)
 where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let span = tracing::info_span!("producer", id);
+    let span = tracing::debug_span!("producer", id);
     supervisor.spawn_task(format!("producer {id}"), span, producer);
 }
 

@@ -39,7 +39,7 @@ fn spawn<F>(id: usize, work: F, supervisor: &mut Supervisor)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let span = tracing::info_span!("worker", id);
+    let span = tracing::debug_span!("worker", id);
     supervisor.spawn_task(format!("worker {id}"), span, work);
 }
 

@@ -115,7 +115,7 @@ fn spawn_producer<F>(supervisor: &mut Supervisor, id: usize, producer: F)
 where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let span = tracing::info_span!("producer", id);
+    let span = tracing::debug_span!("producer", id);
     supervisor.spawn_task(format!("producer {id}"), span, producer);
 }
 
@@ -123,7 +123,7 @@ fn spawn_consumer<F>(supervisor: &mut Supervisor, consumer: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let span = tracing::info_span!("consumer");
+    let span = tracing::debug_span!("consumer");
     supervisor.spawn_task("consumer".to_owned(), span, consumer);
 }
 

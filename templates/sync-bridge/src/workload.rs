@@ -31,8 +31,7 @@
 {% if direction != "async-to-sync" %}mod input;
 {% endif %}{% if direction != "sync-to-async" %}mod output;
 {% endif %}
-{% if direction != "sync-to-async" %}use std::io::Write;
-{% endif %}use std::time::Duration;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -103,20 +102,18 @@ impl BlockingSource for DemoWorkload {
 {% endif %}{% if direction != "sync-to-async" %}
 impl BlockingSink for DemoWorkload {
     type Output = Record;
-    type Writer = Box<dyn Write>;
+    type Writer = output::Output;
 
-    fn open(&self) -> anyhow::Result<Box<dyn Write>> {
+    fn open(&self) -> anyhow::Result<output::Output> {
         output::open(self.output.as_ref())
     }
 
-    fn write(&self, writer: &mut Box<dyn Write>, record: Record) -> anyhow::Result<()> {
-        writeln!(writer, "{}\t{}", record.seq, record.text)?;
-        Ok(())
+    fn write(&self, writer: &mut output::Output, record: Record) -> anyhow::Result<()> {
+        output::write_line(writer, record.seq, &record.text)
     }
 
-    fn finish(&self, mut writer: Box<dyn Write>) -> anyhow::Result<()> {
-        writer.flush()?;
-        Ok(())
+    fn finish(&self, writer: output::Output) -> anyhow::Result<()> {
+        output::flush(writer)
     }
 }
 {% endif %}

@@ -73,7 +73,7 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
                 counters: Arc::clone(supervisor.counters()),
                 stop: Arc::clone(&stop),
             };
-            let span = tracing::info_span!("producer", id);
+            let span = tracing::debug_span!("producer", id);
             supervisor.spawn_task(format!("producer {id}"), span, producer.run());
         }
     }

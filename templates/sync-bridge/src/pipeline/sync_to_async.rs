@@ -74,7 +74,7 @@ pub async fn run<W: Workload>(config: &Config, workload: W, shutdown: Cancellati
             Arc::clone(&workload),
             Arc::clone(supervisor.counters()),
         );
-        let span = tracing::info_span!("worker", id);
+        let span = tracing::debug_span!("worker", id);
         supervisor.spawn_task(format!("worker {id}"), span, worker);
     }
     // Only the workers may hold receivers: if they all die, the source

@@ -8,12 +8,32 @@ use anyhow::Context as _;
 
 use crate::pipeline::OutputPath;
 
-/// Opens `--output` for writing, or a writer that discards everything.
-pub fn open(path: Option<&OutputPath>) -> anyhow::Result<Box<dyn Write>> {
-    Ok(match path {
-        None => Box::new(std::io::sink()),
-        Some(OutputPath(path)) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+/// `--output`, buffered; `None` without it.
+pub type Output = Option<BufWriter<File>>;
+
+/// Opens `--output` for writing. Without it there is no writer at all,
+/// rather than one that discards: formatting each line only to throw it away
+/// would cost more per item than the channel does.
+pub fn open(path: Option<&OutputPath>) -> anyhow::Result<Output> {
+    path.map(|OutputPath(path)| {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(BufWriter::new(file))
     })
+    .transpose()
+}
+
+/// Writes one line, `seq<TAB>text`, if there is an output.
+pub fn write_line(output: &mut Output, seq: u64, text: &str) -> anyhow::Result<()> {
+    if let Some(writer) = output {
+        writeln!(writer, "{seq}\t{text}")?;
+    }
+    Ok(())
+}
+
+/// Flushes the output, if there is one.
+pub fn flush(output: Output) -> anyhow::Result<()> {
+    if let Some(mut writer) = output {
+        writer.flush()?;
+    }
+    Ok(())
 }
