@@ -1,6 +1,7 @@
 //! The Conveyor matrix: expands `ci/matrix.toml` into template combinations,
 //! generates each with the real cargo-generate and tests it.
 
+pub mod bench;
 pub mod chassis;
 pub mod checks;
 pub mod matrix;

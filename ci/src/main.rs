@@ -2,13 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 use conveyor_ci::matrix::{Combination, Matrix, Selection};
 use conveyor_ci::runner::{Runner, Verdict};
 use conveyor_ci::tools::CargoGenerate;
-use conveyor_ci::{chassis, default_work_dir, repo_root};
+use conveyor_ci::{bench, chassis, default_work_dir, repo_root};
 
 /// Generates every combination of the Conveyor templates and tests each one.
 #[derive(Parser)]
@@ -59,6 +60,31 @@ enum Task {
         /// Arguments for the service, after `--`.
         #[arg(last = true)]
         service_args: Vec<String>,
+    },
+    /// Benchmarks every topology next to the bare channel loops of the same
+    /// shapes and writes docs/benchmarks.md and its chart. Not part of `test`.
+    Bench {
+        /// One scenario per topology, shorter runs, 3 rounds: a few minutes.
+        /// Writes into the work directory unless --out says otherwise.
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each point; the median is quoted [default: 7, or 3 with --quick].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=99))]
+        rounds: Option<u16>,
+        /// After the run, report every point whose ratio to its bare loop moved
+        /// by more than --threshold against this earlier document, and fail
+        /// if any dropped. Writes into the work directory unless --out says otherwise.
+        #[arg(long, value_name = "BENCHMARKS_MD")]
+        compare: Option<PathBuf>,
+        /// The relative change --compare reports, in percent.
+        #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
+        threshold: f64,
+        /// Where benchmarks.md and benchmarks.svg go [default: docs/ for a
+        /// full run, the work directory's bench/ for --quick and --compare].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        work_dir: WorkDir,
     },
     /// Installs every cargo-generate release the matrix tests that is missing.
     InstallTools,
@@ -137,6 +163,35 @@ fn run(task: Task) -> Result<bool> {
                 fail_fast,
                 releases,
             )
+        }
+        Task::Bench {
+            quick,
+            rounds,
+            compare,
+            threshold,
+            out,
+            work_dir,
+        } => {
+            ensure!(
+                threshold.is_finite() && threshold > 0.0,
+                "--threshold must be a positive number of percent"
+            );
+            let trial = quick || compare.is_some();
+            let options = bench::Options {
+                quick,
+                rounds: rounds.map_or(if quick { 3 } else { 7 }, usize::from),
+                run_time: Duration::from_millis(if quick { 100 } else { 300 }),
+                compare,
+                threshold: threshold / 100.0,
+                out: out.unwrap_or_else(|| {
+                    if trial {
+                        work_dir.work_dir.join("bench")
+                    } else {
+                        repo_root().join("docs")
+                    }
+                }),
+            };
+            bench::run(&matrix, repo_root(), &work_dir.work_dir, &options)
         }
         Task::Test { full, work_dir } => test_everything(&matrix, full, &work_dir.work_dir),
         Task::Try {

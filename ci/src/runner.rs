@@ -434,7 +434,7 @@ fn failed(step: Step, error: anyhow::Error, logs: &Path) -> Verdict {
 }
 
 /// Runs `command` with stdout and stderr in `log`, within [`STEP_TIMEOUT`].
-fn run_logged(mut command: Command, log: &Path) -> Result<ExitStatus> {
+pub(crate) fn run_logged(mut command: Command, log: &Path) -> Result<ExitStatus> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -450,7 +450,7 @@ fn run_logged(mut command: Command, log: &Path) -> Result<ExitStatus> {
 
 /// Waits for `child`, killing it after `timeout`. Its stdout, if piped, is
 /// read on a thread meanwhile, so a chatty child never blocks on a full pipe.
-fn wait_with_timeout(
+pub(crate) fn wait_with_timeout(
     mut child: std::process::Child,
     timeout: Duration,
 ) -> Result<std::process::Output> {
