@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use super::doc::{Measured, human};
-use super::plan::{Channel, Point, Scenario, Subject, VARIANTS};
+use super::plan::{Channel, ItemKind, Point, Scenario, Subject, VARIANTS};
 
 const TEMPLATE_ITEMS: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const TEMPLATE_BATCHES: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
@@ -69,8 +69,15 @@ fn bars(results: &[Measured]) -> Vec<Bar> {
             scenario,
         };
         if let Some(rate) = rate(&bare) {
+            let item = match variant.layout.item {
+                ItemKind::Number => "",
+                ItemKind::Record => " and item",
+            };
             bars.push(Bar {
-                label: format!("bare {} loop, same shape", variant.layout.channel.label()),
+                label: format!(
+                    "bare {} loop, same shape{item}",
+                    variant.layout.channel.label()
+                ),
                 rate,
                 color: BARE,
             });
@@ -104,7 +111,7 @@ pub fn draw(results: &[Measured], path: &Path) -> Result<()> {
     let lowest = bars.iter().map(|b| b.rate).fold(f64::INFINITY, f64::min);
     let highest = bars.iter().map(|b| b.rate).fold(0.0, f64::max);
     // Room to the right of the longest bar for its label.
-    let x_range = (lowest / 4.0).max(1.0)..highest * 1e3;
+    let x_range = (lowest / 4.0).max(1.0)..highest * 40.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "items/s, 4 producers, 4 workers where the template has them, capacity 64, no work",
