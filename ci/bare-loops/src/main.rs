@@ -124,8 +124,20 @@ enum WorkIn {
 }
 
 fn main() -> ExitCode {
-    match measure(&Shape::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let shape = Shape::parse();
+    match measure(&shape) {
+        Ok(elapsed_secs) => {
+            let per_sec = if elapsed_secs > 0.0 {
+                shape.items as f64 / elapsed_secs
+            } else {
+                0.0
+            };
+            println!(
+                r#"{{"items":{},"elapsed_secs":{elapsed_secs},"items_per_sec":{per_sec}}}"#,
+                shape.items
+            );
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -133,7 +145,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn measure(shape: &Shape) -> Result<()> {
+/// Runs the shape once and returns its elapsed seconds, once every item
+/// has arrived.
+fn measure(shape: &Shape) -> Result<f64> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -148,13 +162,7 @@ fn measure(shape: &Shape) -> Result<()> {
         "{received} of {} items arrived",
         shape.items
     );
-    let per_sec = if elapsed > 0.0 {
-        received as f64 / elapsed
-    } else {
-        0.0
-    };
-    println!(r#"{{"items":{received},"elapsed_secs":{elapsed},"items_per_sec":{per_sec}}}"#);
-    Ok(())
+    Ok(elapsed)
 }
 
 /// Runs the shape on its channel, each message an `I`.
@@ -339,7 +347,8 @@ async fn work_async(work: Duration) {
 /// tokio's timer rounds up to its next millisecond tick.
 fn work_blocking(runtime: &Handle, work: Duration) {
     if !work.is_zero() {
-        runtime.block_on(tokio::time::sleep(work));
+        // The sleep is made inside `block_on`: it needs the runtime's context.
+        runtime.block_on(async { tokio::time::sleep(work).await });
     }
 }
 
@@ -472,4 +481,108 @@ fn run_ring<I: Item>(shape: &Shape, runtime: &Runtime) -> Result<u64> {
         bail!("the ring's producer thread panicked");
     }
     Ok(received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(args: &[&str]) -> Shape {
+        let program = std::iter::once("conveyor-bare-loops");
+        Shape::try_parse_from(program.chain(args.iter().copied())).unwrap()
+    }
+
+    /// Every channel, stage kind, relay stage, item kind and place of work
+    /// the benchmark can ask for moves every item, with and without work
+    /// (a failure here would otherwise surface an hour into `cargo ci bench`).
+    #[test]
+    fn every_shape_moves_every_item() {
+        let channels = ["tokio-mpsc", "flume", "kanal", "async-channel"];
+        for channel in channels {
+            for (producer_kind, consumer_kind) in
+                [("task", "task"), ("thread", "task"), ("task", "thread")]
+            {
+                for (relays, work_in) in [("0", "consumers"), ("0", "producers"), ("2", "relays")] {
+                    for (item, work_us) in [("number", "0"), ("record", "1000")] {
+                        let consumers = if channel == "tokio-mpsc" { "1" } else { "2" };
+                        let relays = if channel == "tokio-mpsc" { "0" } else { relays };
+                        let shape = shape(&[
+                            "--channel",
+                            channel,
+                            "--producers",
+                            "3",
+                            "--producer-kind",
+                            producer_kind,
+                            "--relays",
+                            relays,
+                            "--consumers",
+                            consumers,
+                            "--consumer-kind",
+                            consumer_kind,
+                            "--capacity",
+                            "2",
+                            "--items",
+                            "40",
+                            "--work-us",
+                            work_us,
+                            "--work-in",
+                            work_in,
+                            "--item",
+                            item,
+                        ]);
+                        measure(&shape).unwrap_or_else(|e| panic!("{shape:?}: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_ring_moves_every_item_with_and_without_work() {
+        for work_us in ["0", "1000"] {
+            let shape = shape(&[
+                "--channel",
+                "rtrb",
+                "--producer-kind",
+                "thread",
+                "--consumer-kind",
+                "thread",
+                "--capacity",
+                "1",
+                "--items",
+                "30",
+                "--work-us",
+                work_us,
+            ]);
+            measure(&shape).unwrap();
+        }
+    }
+
+    #[test]
+    fn no_items_is_a_run_too() {
+        measure(&shape(&[
+            "--channel",
+            "kanal",
+            "--capacity",
+            "1",
+            "--items",
+            "0",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_second_consumer_on_tokio_mpsc_is_refused() {
+        let shape = shape(&[
+            "--channel",
+            "tokio-mpsc",
+            "--consumers",
+            "2",
+            "--capacity",
+            "1",
+            "--items",
+            "5",
+        ]);
+        assert!(measure(&shape).is_err());
+    }
 }
