@@ -37,6 +37,7 @@ use flume::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::coop::{self, Pacer};
 use crate::counters::Counters;
 use crate::delivery::{Batcher, DeliveryArgs, FailurePolicy, Outlet, Settler};
 use crate::report::Report;
@@ -239,6 +240,7 @@ impl<W: Workload> Producer<W, W::Item> {
             return Ok(());
         };
         let slot = self.counters.producer(self.id);
+        let mut pacer = Pacer::default();
         let (mut produced, mut rejected) = (0u64, 0u64);
         loop {
             let taken = produced + rejected;
@@ -279,15 +281,17 @@ impl<W: Workload> Producer<W, W::Item> {
             // just in time. With a source that is always ready (or one that
             // rejects input after input), a producer would then keep its
             // runtime thread for the whole run, starving the signal
-            // listener, the timers and every other task there. So every item
-            // spends a unit of the task's budget, as a send on a tokio
-            // channel would, and the producer yields about every 128 items.
-            // That is far more often than the workers' pacer, and on
-            // purpose: a producer that yields this often lets the workers
-            // take what it queued in runs, and the demo moved 1.5 times as
-            // many items per second as with the pacer here (criterion, 1
-            // producer, 4 task workers, capacity 64).
-            tokio::task::consume_budget().await;
+            // listener, the timers and every other task there. The pacer
+            // makes it yield now and then. A unit of budget per item (a
+            // yield every 128 items) was tried: it won about 6% on an idle
+            // 2-core machine and lost 40% with one core busy elsewhere,
+            // because each yield also polls the I/O driver (release
+            // binaries, 4 task workers, 1 and 4 producers; see
+            // docs/measured-results.md in the Conveyor repository).
+            let due = pacer.count(1);
+            if due > 0 {
+                coop::spend(due).await;
+            }
         }
         tracing::debug!(produced, rejected, "producer finished");
         Ok(())
