@@ -284,9 +284,9 @@ impl<W: Workload> Producer<W, W::Item> {
             // listener, the timers and every other task there. The pacer
             // makes it yield now and then. A unit of budget per item (a
             // yield every 128 items) was tried: it won about 6% on an idle
-            // 2-core machine and lost 40% with one core busy elsewhere,
-            // because each yield also polls the I/O driver (release
-            // binaries, 4 task workers, 1 and 4 producers; see
+            // 2-core machine and lost a third or more with one core busy
+            // elsewhere, because each yield also polls the I/O driver
+            // (release binaries, 4 task workers, 1 and 4 producers; see
             // docs/measured-results.md in the Conveyor repository).
             let due = pacer.count(1);
             if due > 0 {
