@@ -2,7 +2,7 @@
 //! runs, the bare loop of the same shape for each, and the points that come
 //! out of crossing them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// A template generated with the options that change its shape. The
@@ -393,7 +393,7 @@ pub fn scenarios(variant: &Variant, quick: bool) -> Vec<Scenario> {
 /// appears twice.
 pub fn points(quick: bool) -> Vec<Point> {
     let mut templates = Vec::new();
-    let mut bare = BTreeMap::new();
+    let mut bare = BTreeSet::new();
     for (index, variant) in VARIANTS.iter().enumerate() {
         for scenario in scenarios(variant, quick) {
             for &batch_max in variant.batch_sizes {
@@ -405,12 +405,12 @@ pub fn points(quick: bool) -> Vec<Point> {
                     scenario,
                 });
             }
-            bare.insert((variant.layout, scenario), ());
+            bare.insert((variant.layout, scenario));
             let floor = Layout {
                 item: ItemKind::Number,
                 ..variant.layout
             };
-            bare.insert((floor, scenario), ());
+            bare.insert((floor, scenario));
             if variant.layout == tasks(variant.layout.channel) {
                 for channel in [
                     Channel::TokioMpsc,
@@ -419,7 +419,7 @@ pub fn points(quick: bool) -> Vec<Point> {
                     Channel::AsyncChannel,
                 ] {
                     if scenario.workers == 1 || channel.multi_consumer() {
-                        bare.insert((tasks(channel), scenario), ());
+                        bare.insert((tasks(channel), scenario));
                     }
                 }
             }
@@ -434,11 +434,11 @@ pub fn points(quick: bool) -> Vec<Point> {
                     workers: 1,
                     ..scenario
                 };
-                bare.insert((ring, single), ());
+                bare.insert((ring, single));
             }
         }
     }
-    templates.extend(bare.into_keys().map(|(layout, scenario)| Point {
+    templates.extend(bare.into_iter().map(|(layout, scenario)| Point {
         subject: Subject::Bare(layout),
         scenario,
     }));
