@@ -115,8 +115,8 @@ pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
          line); sync-bridge's tables also show the `u64` loop, the channel's floor. Where \
          a stage waits per item, the bare loop waits the same way: a tokio sleep, awaited \
          in a task or under `Handle::block_on` on a thread. The bare loops are built with \
-         fat LTO and one codegen unit, as kanal-hot-path ships; the other templates ship \
-         the default release profile (see measured-results.md for what that costs). Each point is first sized to run for about \
+         the release profile every template ships: fat LTO and one codegen unit. Each \
+         point is first sized to run for about \
          {:.2} s, then run {} times; every round runs every point once, each round \
          starting one point further along, so a noisy machine hits every entry alike. \
          The tables quote the median and the range of the rounds. The ratio is the \
