@@ -46,10 +46,14 @@ pub struct RunInfo {
     pub wall_secs: f64,
 }
 
+/// Every point's median, by id.
+fn medians(results: &[Measured]) -> BTreeMap<String, f64> {
+    results.iter().map(|m| (m.point.id(), m.median())).collect()
+}
+
 /// Every template point's median divided by its bare loop's, by id.
 pub fn ratios(results: &[Measured]) -> BTreeMap<String, f64> {
-    let medians: BTreeMap<String, f64> =
-        results.iter().map(|m| (m.point.id(), m.median())).collect();
+    let medians = medians(results);
     results
         .iter()
         .filter_map(|m| {
@@ -80,8 +84,7 @@ fn entry_name(point: &Point) -> String {
 /// The whole document. `chart` is the chart's file name, beside it.
 pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
     let ratios = ratios(results);
-    let medians: BTreeMap<String, f64> =
-        results.iter().map(|m| (m.point.id(), m.median())).collect();
+    let medians = medians(results);
     let mut doc = String::new();
     let _ = writeln!(doc, "# Benchmarks\n");
     let _ = writeln!(
