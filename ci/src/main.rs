@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use clap::{Args, Parser, Subcommand};
 use conveyor_ci::matrix::{Combination, Matrix, Selection};
 use conveyor_ci::runner::{Runner, Verdict};
-use conveyor_ci::tools::CargoGenerate;
+use conveyor_ci::tools::{self, CargoGenerate};
 use conveyor_ci::{bench, chassis, default_work_dir, repo_root};
 
 /// Generates every combination of the Conveyor templates and tests each one.
@@ -86,7 +86,8 @@ enum Task {
         #[command(flatten)]
         work_dir: WorkDir,
     },
-    /// Installs every cargo-generate release the matrix tests that is missing.
+    /// Installs what the matrix needs and is missing: every cargo-generate
+    /// release it tests with, and nats-server.
     InstallTools,
     /// Copies the chassis (`chassis/`) into every template.
     SyncChassis,
@@ -202,8 +203,10 @@ fn run(task: Task) -> Result<bool> {
     }
 }
 
-/// Every release in `ci/matrix.toml`, installed where missing.
+/// Every release in `ci/matrix.toml`, and nats-server, installed where
+/// missing.
 fn install_tools(matrix: &Matrix) -> Result<Vec<CargoGenerate>> {
+    tools::ensure_nats_server()?;
     matrix
         .cargo_generate
         .iter()

@@ -14,7 +14,7 @@ use wait_timeout::ChildExt;
 
 use crate::checks;
 use crate::matrix::{Combination, Matrix, Template};
-use crate::tools::CargoGenerate;
+use crate::tools::{self, CargoGenerate};
 
 /// No single step of a combination may take longer than this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -322,6 +322,11 @@ impl<'a> Runner<'a> {
             .current_dir(project)
             .env("CARGO_TARGET_DIR", self.target_dir())
             .env("CARGO_TERM_COLOR", "never");
+        // The server the `transport=nats` tests start; installed with the
+        // other tools, so they never depend on what else is on the PATH.
+        if let Some(nats_server) = tools::installed_nats_server() {
+            command.env("NATS_SERVER", nats_server);
+        }
         let status = run_logged(command, log)?;
         ensure!(
             status.success(),

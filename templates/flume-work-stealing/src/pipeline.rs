@@ -75,7 +75,16 @@ pub struct TopologyArgs {
     /// Batches, retries and the dead-letter file (`src/delivery.rs`).
     #[command(flatten)]
     pub delivery: DeliveryArgs,
-}
+{% if transport == "nats" %}
+    /// The JetStream work queue between producers and workers (`src/nats.rs`).
+    #[command(flatten)]
+    pub nats: crate::nats::NatsArgs,
+
+    /// What this process does with the work queue; without one, the whole
+    /// pipeline runs in this process, with a channel in between.
+    #[command(subcommand)]
+    pub role: Option<crate::nats::Role>,
+{% endif %}}
 
 /// The most items that can be produced but not yet finished at any moment:
 /// a message (an item, or a batch of up to `batch_max`) in each of the
@@ -94,13 +103,30 @@ pub const fn max_in_flight(
 /// Runs the pipeline until every source has ended and its items are handled,
 /// or `shutdown` is cancelled and the queued items are drained (within
 /// `--drain-timeout`). Fails before it starts if the dead-letter file cannot
-/// be created.
+/// be created{% if transport == "nats" %}, or, with a role, if the work queue cannot be reached.
+///
+/// Given a role (`produce`, `work`, `run`), the process plays it with a NATS
+/// JetStream work queue as the stage boundary ([`crate::nats`]); without
+/// one, the whole pipeline runs in this process with a channel in between.{% else %}.{% endif %}
 pub async fn run<W: Workload>(
     config: &Config,
     workload: W,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Report> {
-    let producers = workload.producers();
+{% if transport == "nats" %}    if let Some(role) = config.topology.role {
+        return crate::nats::run(role, config, workload, shutdown).await;
+    }
+    run_in_process(config, workload, shutdown).await
+}
+
+/// The whole pipeline in this process: what [`run`] does without a role,
+/// and, with publishers for workers, the producing side of a role.
+pub(crate) async fn run_in_process<W: Workload>(
+    config: &Config,
+    workload: W,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Report> {
+{% endif %}    let producers = workload.producers();
     let worker_count = config.topology.workers;
     let delivery = &config.topology.delivery;
     let mut supervisor = Supervisor::new(TOPOLOGY, config, shutdown, producers, worker_count);
@@ -317,6 +343,25 @@ impl<W: Workload> Producer<W, Vec<W::Item>> {
     }
 }
 
+/// What a worker that takes batches takes off the channel: a batch of items,
+/// or, with the nats transport, a batch fetched from the work queue, which
+/// is acknowledged once every item in it is settled.
+pub(crate) trait BatchMessage<W: Workload>: Send + 'static {
+    /// Hands the items to `settler`, which handles them and applies the
+    /// failure policy, then does whatever else settling the message takes.
+    /// Returns how many items it carried.
+    fn settle(self, settler: &mut Settler<W>) -> impl Future<Output = usize> + Send;
+}
+
+impl<W: Workload> BatchMessage<W> for Vec<W::Item> {
+    #[inline]
+    async fn settle(self, settler: &mut Settler<W>) -> usize {
+        let items = self.len();
+        settler.batch(self).await;
+        items
+    }
+}
+
 /// What every worker carries, whatever its kind: its receiver clone of a
 /// channel of `M` (items, or batches), and its [`Settler`], which runs the
 /// handlers and keeps the worker's counter slot.
@@ -328,7 +373,8 @@ pub(crate) struct Worker<W: Workload, M> {
 }
 
 impl<W: Workload, M> Worker<W, M> {
-    fn new(id: usize, rx: flume::Receiver<M>, settler: Settler<W>) -> Self {
+    /// Worker `id` (its index in the counters), taking messages from `rx`.
+    pub(crate) fn new(id: usize, rx: flume::Receiver<M>, settler: Settler<W>) -> Self {
         Self {
             id,
             rx,

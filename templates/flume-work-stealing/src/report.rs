@@ -69,6 +69,10 @@ pub struct Report {
     pub cancelled: bool,
     /// Whether the drain after a shutdown request outlived `--drain-timeout`.
     pub drain_timed_out: bool,
+    /// Counts of a stage boundary that is a message engine rather than a
+    /// channel (flume-work-stealing's nats transport: messages delivered,
+    /// items redelivered, ...), printed after the others; empty otherwise.
+    pub transport: Vec<(&'static str, u64)>,
 }
 
 /// Where the items that did not finish went.
@@ -179,6 +183,9 @@ impl Report {
         for (name, value) in rows {
             let _ = writeln!(table, "{name:<20} {value}");
         }
+        for (name, count) in &self.transport {
+            let _ = writeln!(table, "{:<20} {count}", name.replace('_', " "));
+        }
         table.pop(); // `println!` adds the last newline.
         table
     }
@@ -217,6 +224,9 @@ impl Report {
             self.cancelled,
             self.drain_timed_out,
         );
+        for (name, count) in &self.transport {
+            let _ = write!(json, r#","{name}":{count}"#);
+        }
         json.push('}');
         json
     }
@@ -266,6 +276,7 @@ mod tests {
             stall_episodes: 0,
             cancelled: drain_timed_out,
             drain_timed_out,
+            transport: Vec::new(),
         }
     }
 

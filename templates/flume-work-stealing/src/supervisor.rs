@@ -231,6 +231,7 @@ impl Supervisor {
             stall_episodes,
             cancelled: self.shutdown.is_cancelled(),
             drain_timed_out,
+            transport: Vec::new(),
         }
     }
 

@@ -13,7 +13,7 @@
 //! in a project generated with `-d worker_kind=threads`.
 
 use crate::coop::{self, Pacer};
-use crate::pipeline::Worker;
+use crate::pipeline::{BatchMessage, Worker};
 use crate::supervisor::Supervisor;
 use crate::workload_api::Workload;
 
@@ -28,8 +28,8 @@ pub(crate) fn spawn_items<W: Workload>(worker: Worker<W, W::Item>, supervisor: &
 }
 
 /// Starts one worker task that takes batches, like [`spawn_items`].
-pub(crate) fn spawn_batches<W: Workload>(
-    worker: Worker<W, Vec<W::Item>>,
+pub(crate) fn spawn_batches<W: Workload, M: BatchMessage<W>>(
+    worker: Worker<W, M>,
     supervisor: &mut Supervisor,
 ) {
     spawn(worker.id, work_batches(worker), supervisor);
@@ -78,13 +78,13 @@ async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     }
 }
 
-/// Takes batches and hands each to the batch handler.
-async fn work_batches<W: Workload>(mut worker: Worker<W, Vec<W::Item>>) {
+/// Takes batches and settles each: hands it to the batch handler.
+async fn work_batches<W: Workload, M: BatchMessage<W>>(mut worker: Worker<W, M>) {
     let mut pacer = Pacer::default();
     while let Ok(batch) = worker.rx.recv_async().await {
         worker.took_message();
-        let due = pacer.count(u32::try_from(batch.len()).unwrap_or(u32::MAX));
-        worker.settler.batch(batch).await;
+        let items = batch.settle(&mut worker.settler).await;
+        let due = pacer.count(u32::try_from(items).unwrap_or(u32::MAX));
         if due > 0 {
             coop::spend(due).await;
         }

@@ -24,7 +24,7 @@
 //! joins a thread: each reports its end through a channel, so waiting for
 //! the workers never blocks the runtime either.
 
-use crate::pipeline::Worker;
+use crate::pipeline::{BatchMessage, Worker};
 use crate::supervisor::Supervisor;
 use crate::workload_api::Workload;
 
@@ -39,8 +39,8 @@ pub(crate) fn spawn_items<W: Workload>(worker: Worker<W, W::Item>, supervisor: &
 }
 
 /// Starts one worker thread that takes batches, like [`spawn_items`].
-pub(crate) fn spawn_batches<W: Workload>(
-    worker: Worker<W, Vec<W::Item>>,
+pub(crate) fn spawn_batches<W: Workload, M: BatchMessage<W>>(
+    worker: Worker<W, M>,
     supervisor: &mut Supervisor,
 ) {
     spawn(worker.id, work_batches(worker), supervisor);
@@ -87,10 +87,10 @@ async fn work_items<W: Workload>(mut worker: Worker<W, W::Item>) {
     }
 }
 
-/// Takes batches and hands each to the batch handler.
-async fn work_batches<W: Workload>(mut worker: Worker<W, Vec<W::Item>>) {
+/// Takes batches and settles each: hands it to the batch handler.
+async fn work_batches<W: Workload, M: BatchMessage<W>>(mut worker: Worker<W, M>) {
     while let Ok(batch) = worker.rx.recv() {
         worker.took_message();
-        worker.settler.batch(batch).await;
+        batch.settle(&mut worker.settler).await;
     }
 }

@@ -24,8 +24,10 @@ use crate::report::Report;
 pub trait Workload: Send + Sync + 'static {
     /// One unit of work travelling through the channel. Handlers see it by
     /// reference, so the pipeline still has it to retry or to write to the
-    /// dead-letter file (as JSON, hence `Serialize`).
-    type Item: Send + Sync + serde::Serialize + 'static;
+    /// dead-letter file (as JSON, hence `Serialize`). Items that cross
+    /// processes (flume-work-stealing's nats transport) travel as JSON and
+    /// are read back, hence `DeserializeOwned`.
+    type Item: Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// Where one producer gets its items from.
     type Source: Source<Item = Self::Item>;
 

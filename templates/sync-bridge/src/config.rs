@@ -88,9 +88,11 @@ impl Config {
         T: Into<OsString> + Clone,
     {
         let prefix = env_prefix(env!("CARGO_PKG_NAME"));
+        // Global, so a flag may also follow a subcommand where the topology
+        // has them (flume-work-stealing's `work --until-empty`).
         let command = Self::command().mut_args(|arg| {
             let var = format!("{prefix}_{}", arg.get_id().as_str().to_ascii_uppercase());
-            arg.env(var)
+            arg.env(var).global(true)
         });
         let mut matches = command.try_get_matches_from(args)?;
         Self::from_arg_matches_mut(&mut matches)

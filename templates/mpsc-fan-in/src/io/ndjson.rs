@@ -1,5 +1,5 @@
-//! Writing records as NDJSON (one JSON document per line) to a file, with
-//! buffered async writes.
+//! Writing records as NDJSON (one JSON document per line) to a file, one
+//! write per batch.
 
 use std::path::Path;
 
@@ -8,10 +8,9 @@ use tokio::fs::File;
 use tokio::io::{AsyncWriteExt as _, BufWriter};
 use tokio::sync::Mutex;
 
-/// An NDJSON file shared by every worker. Writes go through one buffer, so
-/// the file sees large writes rather than one per record; a worker holds the
-/// lock only while it copies its line into the buffer (and, when the buffer
-/// is full, while the buffer is written out).
+/// An NDJSON file shared by every worker. A worker holds the lock while its
+/// lines are written; a batch goes out in one write rather than one per
+/// record.
 #[derive(Debug)]
 pub struct NdjsonFile {
     out: Mutex<BufWriter<File>>,
@@ -44,12 +43,16 @@ impl NdjsonFile {
     }
 
     /// Appends records that are already lines (one JSON document each,
-    /// every one ending in `\n`) with one lock and one buffered write: how
-    /// a batch is written.
+    /// every one ending in `\n`) with one lock: how a batch is written. The
+    /// lines reach the operating system before this returns, so a record
+    /// whose handler has finished survives the process being killed: a work
+    /// queue may acknowledge the item right after (flume-work-stealing's
+    /// nats transport does).
     pub async fn write_lines(&self, lines: &str) -> anyhow::Result<()> {
         debug_assert!(lines.is_empty() || lines.ends_with('\n'));
         let mut out = self.out.lock().await;
         out.write_all(lines.as_bytes()).await?;
+        out.flush().await?;
         Ok(())
     }
 
