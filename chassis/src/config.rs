@@ -128,11 +128,17 @@ fn seconds_unless_zero(secs: u64) -> Option<Duration> {
 /// The first line of a clap error: what was wrong, without usage or hints.
 pub fn one_line(error: &clap::Error) -> String {
     let rendered = error.render().to_string();
-    rendered
-        .lines()
-        .next()
-        .unwrap_or("error: invalid arguments")
-        .to_owned()
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("error: invalid arguments");
+    // "... were not provided:" names the missing flags on the lines below.
+    if !first.ends_with(':') {
+        return first.to_owned();
+    }
+    let listed: Vec<&str> = lines
+        .map_while(|line| line.strip_prefix("  "))
+        .map(str::trim)
+        .collect();
+    format!("{first} {}", listed.join(", "))
 }
 
 /// Reads an address flag: `IP:PORT`, or a bare `PORT` on the loopback
@@ -173,6 +179,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_missing_argument_is_named_on_the_one_line() {
+        let command =
+            clap::Command::new("svc").arg(clap::Arg::new("key").long("key").required(true));
+        let error = command
+            .try_get_matches_from(["svc"])
+            .expect_err("--key is required");
+        let line = one_line(&error);
+        assert!(line.ends_with("were not provided: --key <key>"), "{line}");
     }
 
     #[test]
