@@ -15,11 +15,13 @@
 //! A stream with work-queue retention and one durable pull consumer is the
 //! distributed form of "every worker holds a clone of the receiver": each
 //! message goes to one worker process, whichever asks first, and leaves the
-//! stream once that process acknowledges it.
+//! stream once that process acknowledges it. A process given no role runs
+//! the whole pipeline itself and never comes here.
 //!
 //! - **Messages.** One message carries one batch: a JSON array of up to
-//!   `--batch-max` items. A bigger batch shares the cost of a message (about
-//!   80,000 messages a second on a 2-core machine) among more items.
+//!   `--batch-max` items. A bigger batch shares the cost of a message (some
+//!   tens of thousands of messages a second on a 2-core machine, see the
+//!   README) among more items.
 //! - **Publishing.** The producers feed the in-process pipeline
 //!   ([`crate::pipeline`]) as usual; its workers are `--publishers`
 //!   publishers, each with one publish at a time waiting for the server to
@@ -37,10 +39,11 @@
 //! - **At least once.** An item can be handled twice: a process can die
 //!   after its handler finished and before the acknowledgement reached the
 //!   server. Make the handler idempotent (see the README).
-//! - **Shutdown.** The fetcher stops asking for messages, the workers drain
-//!   what was fetched, the acknowledgements are flushed, and the report is
-//!   printed, within `--drain-timeout` like any run. Messages that were
-//!   fetched but not handled by then are redelivered after the ack wait.
+//! - **Shutdown.** The fetcher stops asking for messages and hands back
+//!   (negatively acknowledges) what its last request still brings, the
+//!   workers drain what was fetched, the acknowledgements are flushed, and
+//!   the report is printed, within `--drain-timeout` like any run. Messages
+//!   not settled by the deadline are redelivered after the ack wait.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;

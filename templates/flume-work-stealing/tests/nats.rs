@@ -456,6 +456,86 @@ fn a_worker_drains_and_acknowledges_on_sigterm() {
     );
 }
 
+/// A worker whose drain outlives `--drain-timeout` stops waiting, reports
+/// what it left as abandoned and exits 3; what it left is redelivered after
+/// the ack wait, and another worker handles it.
+#[test]
+fn a_drain_past_its_deadline_leaves_the_rest_to_other_workers() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let items = 20;
+    produce(
+        &server.url(),
+        items,
+        &["--batch-max", "1", "--ack-wait-secs", "2"],
+    );
+    let paths = outputs(&dir, 2);
+    // Each item takes 3 s, far past the 1 s drain deadline.
+    let slow = Service::start(
+        &server.url(),
+        &[
+            "--work-us",
+            "3000000",
+            "--workers",
+            "2",
+            "--fetch-max",
+            "4",
+            "--drain-timeout",
+            "1",
+            "--output",
+            text(&paths[0]),
+            "work",
+        ],
+    );
+    wait_for_unacknowledged(&server, 2);
+    signal(&slow.child, "-TERM");
+    let ended = slow.wait();
+    assert_eq!(ended.status.code(), Some(3), "{}", ended.stderr);
+    let report: Value = serde_json::from_str(ended.stdout.trim()).expect("a JSON report");
+    assert_eq!(report["drain_timed_out"], true, "{report}");
+    assert!(report["abandoned"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["unaccounted"], 0, "{report}");
+
+    let rest = run_to_end(
+        &server.url(),
+        &["--output", text(&paths[1]), "--until-empty", "work"],
+    );
+    assert!(rest["redelivered"].as_u64().unwrap() >= 2, "{rest}");
+    assert_every_job_handled(&paths, items);
+}
+
+/// Waits until at least `messages` messages have been delivered to some
+/// worker and not yet acknowledged.
+fn wait_for_unacknowledged(server: &NatsServer, messages: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url())
+            .await
+            .expect("a test client");
+        let jetstream = async_nats::jetstream::new(client);
+        let stream = jetstream.get_stream("work").await.expect("the stream");
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("workers").await.expect("the consumer");
+        let start = Instant::now();
+        while consumer
+            .info()
+            .await
+            .expect("the consumer's state")
+            .num_ack_pending
+            < messages
+        {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no worker took {messages} messages"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// A message that is not a JSON array of items is terminated and counted,
 /// and the worker carries on with the next.
 #[test]
