@@ -249,10 +249,7 @@ fn worker_processes_share_the_queue_and_handle_each_item_once() {
         let server = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let items = 6000;
-        produce(&server.url(), items, &["--batch-max", "10"]);
         let paths = outputs(&dir, workers);
-        // Each batch takes about a millisecond, so no process can take the
-        // whole queue before the others have started.
         let processes: Vec<_> = paths
             .iter()
             .map(|path| {
@@ -265,12 +262,23 @@ fn worker_processes_share_the_queue_and_handle_each_item_once() {
                         "4",
                         "--output",
                         text(path),
-                        "--until-empty",
                         "work",
                     ],
                 )
             })
             .collect();
+        // Every process waits for messages before the first is published,
+        // so none can take the whole queue while another is still starting.
+        wait_for_queue(&server, "every worker waiting", |queue| {
+            queue.num_waiting >= workers
+        });
+        produce(&server.url(), items, &["--batch-max", "10"]);
+        wait_for_queue(&server, "the queue drained", |queue| {
+            queue.num_pending == 0 && queue.num_ack_pending == 0
+        });
+        for process in &processes {
+            signal(&process.child, "-TERM");
+        }
         let reports: Vec<Value> = processes.into_iter().map(|p| p.wait().report()).collect();
         let handled: Vec<u64> = reports
             .iter()
@@ -487,7 +495,9 @@ fn a_drain_past_its_deadline_leaves_the_rest_to_other_workers() {
             "work",
         ],
     );
-    wait_for_unacknowledged(&server, 2);
+    wait_for_queue(&server, "two messages taken", |queue| {
+        queue.num_ack_pending >= 2
+    });
     signal(&slow.child, "-TERM");
     let ended = slow.wait();
     assert_eq!(ended.status.code(), Some(3), "{}", ended.stderr);
@@ -504,9 +514,14 @@ fn a_drain_past_its_deadline_leaves_the_rest_to_other_workers() {
     assert_every_job_handled(&paths, items);
 }
 
-/// Waits until at least `messages` messages have been delivered to some
-/// worker and not yet acknowledged.
-fn wait_for_unacknowledged(server: &NatsServer, messages: usize) {
+/// Waits until the work queue's consumer (which the first service process
+/// creates) is in a state that `reached` accepts; `what` names it in the
+/// failure.
+fn wait_for_queue(
+    server: &NatsServer,
+    what: &str,
+    reached: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -516,21 +531,23 @@ fn wait_for_unacknowledged(server: &NatsServer, messages: usize) {
             .await
             .expect("a test client");
         let jetstream = async_nats::jetstream::new(client);
-        let stream = jetstream.get_stream("work").await.expect("the stream");
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer("workers").await.expect("the consumer");
         let start = Instant::now();
-        while consumer
-            .info()
-            .await
-            .expect("the consumer's state")
-            .num_ack_pending
-            < messages
-        {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no worker took {messages} messages"
-            );
+        loop {
+            let consumer = match jetstream.get_stream("work").await {
+                Ok(stream) => stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>("workers")
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let state = match consumer {
+                Some(mut consumer) => consumer.info().await.ok().cloned(),
+                None => None,
+            };
+            if state.as_ref().is_some_and(&reached) {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "never reached: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
