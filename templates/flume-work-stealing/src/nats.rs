@@ -119,8 +119,8 @@ pub struct NatsArgs {
     #[arg(long, value_name = "PATH")]
     pub nats_creds: Option<PathBuf>,
 
-    /// PEM file of root certificates to trust for TLS, besides the system's:
-    /// for a server whose certificate a private CA signed.
+    /// PEM file of the root certificates to trust for TLS instead of the
+    /// system's: for a server whose certificate a private CA signed.
     #[arg(long, value_name = "PATH")]
     pub nats_ca: Option<PathBuf>,
 
