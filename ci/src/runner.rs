@@ -95,6 +95,10 @@ pub struct Runner<'a> {
     work_dir: PathBuf,
     fail_fast: bool,
     releases: Vec<CargoGenerate>,
+    /// The server the `transport=nats` tests start, handed to every
+    /// generated project's cargo as `NATS_SERVER`, so they never depend on
+    /// what else is on the PATH. Looked up once: checking it runs the binary.
+    nats_server: Option<PathBuf>,
 }
 
 impl<'a> Runner<'a> {
@@ -124,6 +128,7 @@ impl<'a> Runner<'a> {
             work_dir,
             fail_fast,
             releases,
+            nats_server: tools::installed_nats_server(),
         })
     }
 
@@ -322,9 +327,7 @@ impl<'a> Runner<'a> {
             .current_dir(project)
             .env("CARGO_TARGET_DIR", self.target_dir())
             .env("CARGO_TERM_COLOR", "never");
-        // The server the `transport=nats` tests start; installed with the
-        // other tools, so they never depend on what else is on the PATH.
-        if let Some(nats_server) = tools::installed_nats_server() {
+        if let Some(nats_server) = &self.nats_server {
             command.env("NATS_SERVER", nats_server);
         }
         let status = run_logged(command, log)?;
