@@ -68,7 +68,7 @@ enum Task {
         /// Writes into the work directory unless --out says otherwise.
         #[arg(long)]
         quick: bool,
-        /// Runs of each point; the median is quoted [default: 7, or 3 with --quick].
+        /// Runs of each point; the median is quoted [default: 11, or 3 with --quick].
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=99))]
         rounds: Option<u16>,
         /// After the run, report every point whose ratio to its bare loop moved
@@ -180,7 +180,7 @@ fn run(task: Task) -> Result<bool> {
             let trial = quick || compare.is_some();
             let options = bench::Options {
                 quick,
-                rounds: rounds.map_or(if quick { 3 } else { 7 }, usize::from),
+                rounds: rounds.map_or(if quick { 3 } else { 11 }, usize::from),
                 run_time: Duration::from_millis(if quick { 100 } else { 300 }),
                 compare,
                 threshold: threshold / 100.0,

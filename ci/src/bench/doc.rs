@@ -23,6 +23,21 @@ impl Measured {
         super::measure::median(&self.rates)
     }
 
+    /// How this point compares with `reference`: the median over the rounds
+    /// of this point's rate divided by the reference's rate in the same
+    /// round. The two ran seconds apart in each round (see
+    /// [`super::plan::groups`]), so a machine that speeds up or slows down
+    /// between rounds moves both sides of each quotient alike.
+    pub fn ratio_to(&self, reference: &Measured) -> f64 {
+        let per_round: Vec<f64> = self
+            .rates
+            .iter()
+            .zip(&reference.rates)
+            .map(|(rate, reference)| rate / reference)
+            .collect();
+        super::measure::median(&per_round)
+    }
+
     fn range(&self) -> (f64, f64) {
         let min = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.rates.iter().copied().fold(0.0, f64::max);
@@ -46,19 +61,19 @@ pub struct RunInfo {
     pub wall_secs: f64,
 }
 
-/// Every point's median, by id.
-fn medians(results: &[Measured]) -> BTreeMap<String, f64> {
-    results.iter().map(|m| (m.point.id(), m.median())).collect()
+/// Every point, by id.
+fn by_id(results: &[Measured]) -> BTreeMap<String, &Measured> {
+    results.iter().map(|m| (m.point.id(), m)).collect()
 }
 
-/// Every template point's median divided by its bare loop's, by id.
+/// Every template point's ratio to its bare loop, by id.
 pub fn ratios(results: &[Measured]) -> BTreeMap<String, f64> {
-    let medians = medians(results);
+    let by_id = by_id(results);
     results
         .iter()
         .filter_map(|m| {
-            let baseline = medians.get(&m.point.baseline()?.id())?;
-            Some((m.point.id(), m.median() / baseline))
+            let baseline = by_id.get(&m.point.baseline()?.id())?;
+            Some((m.point.id(), m.ratio_to(baseline)))
         })
         .collect()
 }
@@ -84,7 +99,7 @@ fn entry_name(point: &Point) -> String {
 /// The whole document. `chart` is the chart's file name, beside it.
 pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
     let ratios = ratios(results);
-    let medians = medians(results);
+    let by_id = by_id(results);
     let mut doc = String::new();
     let _ = writeln!(doc, "# Benchmarks\n");
     let _ = writeln!(
@@ -120,11 +135,15 @@ pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
          in a task or under `Handle::block_on` on a thread. The bare loops are built with \
          the release profile every template ships: fat LTO and one codegen unit. Each \
          point is first sized to run for about \
-         {:.2} s, then run {} times; every round runs every point once, each round \
-         starting one point further along, so a noisy machine hits every entry alike. \
-         The tables quote the median and the range of the rounds. The ratio is the \
-         template's median over the median of the bare loop of the same shape on the \
-         template's channel. Absolute numbers depend on the machine; compare ratios.\n",
+         {:.2} s, then run {} times. Every round runs every point once, and runs each \
+         template point right next to the bare loops it is compared with, in an order \
+         that turns each round; the groups themselves start one step further along each \
+         round. The tables quote the median and the range of the rounds. The ratio is \
+         the median, over the rounds, of the template's rate divided by the rate of the \
+         bare loop of the same shape on the template's channel in the same round: the two \
+         ran seconds apart, so a shared machine that changes speed between rounds (the \
+         same binary can drift by half within a minute) moves both sides of each quotient \
+         alike. Absolute numbers depend on the machine; compare ratios.\n",
         info.target_secs, info.rounds
     );
     let _ = writeln!(
@@ -177,14 +196,18 @@ pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
             let point = &measured.point;
             let (min, max) = measured.range();
             let id = point.id();
-            let median_of =
-                |reference: Option<Point>| reference.and_then(|r| medians.get(&r.id()).copied());
-            let rate_and_ratio = |reference: Option<f64>| match reference {
-                Some(rate) => format!("{} | {:.2}x", human(rate), measured.median() / rate),
+            let measured_of =
+                |reference: Option<Point>| reference.and_then(|r| by_id.get(&r.id()).copied());
+            let rate_and_ratio = |reference: Option<&Measured>| match reference {
+                Some(reference) => format!(
+                    "{} | {:.2}x",
+                    human(reference.median()),
+                    measured.ratio_to(reference)
+                ),
                 None => "- | -".to_owned(),
             };
             let floor = if records {
-                format!("{} | ", rate_and_ratio(median_of(point.floor())))
+                format!("{} | ", rate_and_ratio(measured_of(point.floor())))
             } else {
                 String::new()
             };
@@ -196,7 +219,7 @@ pub fn render(info: &RunInfo, results: &[Measured], chart: &str) -> String {
                 human(measured.median()),
                 human(min),
                 human(max),
-                rate_and_ratio(median_of(point.baseline())),
+                rate_and_ratio(measured_of(point.baseline())),
             );
         }
         doc.push('\n');
@@ -403,11 +426,24 @@ mod tests {
             .iter()
             .find(|m| m.point.id() == baseline_id)
             .unwrap();
-        let half = baseline.median() / 2.0;
-        results[template].rates = vec![half];
+        results[template].rates = baseline.rates.iter().map(|rate| rate / 2.0).collect();
         let doc = render(&info(), &results, "chart.svg");
         let id = results[template].point.id();
         assert!(doc.contains(&format!("- `{id}`: 0.50x")), "{doc}");
+    }
+
+    #[test]
+    fn the_ratio_pairs_the_runs_of_each_round() {
+        let point = points(true).remove(0);
+        let measured = |rates: Vec<f64>| Measured {
+            point: point.clone(),
+            rates,
+        };
+        // Per round 0.5, 2.0 and 0.9: the median is 0.9, where the
+        // medians' quotient would say 1.0.
+        let template = measured(vec![1.0, 2.0, 9.0]);
+        let bare = measured(vec![2.0, 1.0, 10.0]);
+        assert!((template.ratio_to(&bare) - 0.9).abs() < 1e-9);
     }
 
     #[test]

@@ -216,7 +216,7 @@ fn build(
 }
 
 /// Sizes every point, then runs the rounds: each round runs every point
-/// once, starting one step further along than the round before.
+/// once, each template point next to its bare loops (see [`plan::groups`]).
 fn measure_all(
     points: &[Point],
     binaries: &Binaries,
@@ -240,11 +240,10 @@ fn measure_all(
         progress.inc(1);
     }
 
+    let groups = plan::groups(points);
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(options.rounds); points.len()];
     for round in 0..options.rounds {
-        let offset = round * points.len() / options.rounds;
-        for step in 0..points.len() {
-            let index = (offset + step) % points.len();
+        for index in plan::round_order(&groups, round, options.rounds) {
             let point = &points[index];
             progress.set_message(format!(
                 "round {} of {}: {}",

@@ -445,6 +445,54 @@ pub fn points(quick: bool) -> Vec<Point> {
     templates
 }
 
+/// The points that are measured side by side: each template point with the
+/// bare loops it is compared with (its baseline and, for records, the `u64`
+/// floor), as lists of indices into `points`. A round runs a group's members
+/// one right after the other, so that a ratio compares runs made seconds
+/// apart rather than minutes: on a shared machine the speed of the same
+/// binary drifts by half over a minute. Bare loops that no template is
+/// compared with form groups of their own.
+pub fn groups(points: &[Point]) -> Vec<Vec<usize>> {
+    // A template shares the group of its baseline's shape; a bare loop is
+    // keyed by its own shape. The item kind is left out of the key, which
+    // puts sync-bridge's records loop and its `u64` floor together.
+    let key = |point: &Point| {
+        let layout = match point.subject {
+            Subject::Template { variant, .. } => VARIANTS[variant].layout,
+            Subject::Bare(layout) => layout,
+        };
+        let shape = Layout {
+            item: ItemKind::Number,
+            ..layout
+        };
+        (shape, point.scenario)
+    };
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index_of_key = BTreeMap::new();
+    for (index, point) in points.iter().enumerate() {
+        let group = *index_of_key.entry(key(point)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(index);
+    }
+    groups
+}
+
+/// The order of the runs of round `round` out of `rounds`: the groups of
+/// [`groups`], each round starting one step further along the list, and each
+/// group's members turned by one every round, so that no point always runs
+/// first, or always right after the same other point.
+pub fn round_order(groups: &[Vec<usize>], round: usize, rounds: usize) -> Vec<usize> {
+    let offset = round * groups.len() / rounds.max(1);
+    (0..groups.len())
+        .flat_map(|step| {
+            let group = &groups[(offset + step) % groups.len()];
+            (0..group.len()).map(move |member| group[(round + member) % group.len()])
+        })
+        .collect()
+}
+
 /// The placeholder values `variant` is generated with, on top of the defaults.
 pub fn options(variant: &Variant) -> BTreeMap<String, String> {
     variant
@@ -472,6 +520,49 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_template_point_runs_in_the_group_of_its_references() {
+        for quick in [true, false] {
+            let points = points(quick);
+            let groups = groups(&points);
+            let group_of = |point: &Point| {
+                let index = points.iter().position(|p| p == point).unwrap();
+                groups.iter().position(|g| g.contains(&index)).unwrap()
+            };
+            for point in &points {
+                for reference in [point.baseline(), point.floor()].into_iter().flatten() {
+                    assert_eq!(group_of(point), group_of(&reference), "{}", point.id());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_round_runs_every_point_once_with_groups_kept_together() {
+        let points = points(false);
+        let groups = groups(&points);
+        assert!(groups.iter().all(|g| g.len() <= 4), "groups stay small");
+        let rounds = 7;
+        let mut first_of_group = vec![std::collections::BTreeSet::new(); groups.len()];
+        for round in 0..rounds {
+            let order = round_order(&groups, round, rounds);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..points.len()).collect::<Vec<_>>());
+            let mut at = 0;
+            while at < order.len() {
+                let group = groups.iter().position(|g| g.contains(&order[at])).unwrap();
+                let members = &order[at..at + groups[group].len()];
+                assert!(members.iter().all(|m| groups[group].contains(m)));
+                first_of_group[group].insert(members[0]);
+                at += members.len();
+            }
+        }
+        for (group, firsts) in groups.iter().zip(&first_of_group) {
+            assert_eq!(firsts.len(), group.len(), "each member leads in turn");
         }
     }
 

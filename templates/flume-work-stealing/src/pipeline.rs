@@ -308,13 +308,9 @@ impl<W: Workload> Producer<W, W::Item> {
             // rejects input after input), a producer would then keep its
             // runtime thread for the whole run, starving the signal
             // listener, the timers and every other task there. The pacer
-            // makes it yield now and then. A unit of budget per item (a
-            // yield every 128 items) was tried: it won about 6% on an idle
-            // 2-core machine and lost a third or more with one core busy
-            // elsewhere, because each yield also polls the I/O driver
-            // (release binaries, 4 task workers, 1 and 4 producers; see
-            // docs/measured-results.md in the Conveyor repository).
-            let due = pacer.count(1);
+            // makes it yield now and then: how often depends on the kind of
+            // worker it feeds (see `PRODUCER_ITEM_WEIGHT` in `workers.rs`).
+            let due = pacer.count(workers::PRODUCER_ITEM_WEIGHT);
             if due > 0 {
                 coop::spend(due).await;
             }

@@ -20,6 +20,22 @@ use crate::workload_api::Workload;
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "tasks";
 
+/// How many items a producer's [`Pacer`] counts for each item it sends one
+/// by one: a whole unit of budget, as a send on one of tokio's own channels
+/// costs, so a producer that never waits yields about every 128 items.
+///
+/// With worker tasks that is worth its price. A producer that kept its
+/// runtime thread for ~33,000 items at a time (the pacer's default) met the
+/// workers it woke in flume's lock, from the other thread: with 1 producer
+/// and 4 workers at capacity 64 on 2 cores, that process spun on the lock,
+/// used 2.2 times the CPU for the same items, and moved 0.64 to 0.87 as
+/// many items per second as with a unit per item (three interleaved runs).
+/// The price shows when the machine's other core is busy elsewhere: each
+/// yield also polls the I/O driver, and there a unit per item measured 0.94
+/// to 1.12 times the bare flume loop, the pacer's default 1.26 to 1.67
+/// times (docs/measured-results.md in the Conveyor repository).
+pub const PRODUCER_ITEM_WEIGHT: u32 = coop::ITEMS_PER_BUDGET_UNIT;
+
 /// Starts one worker task that takes items one by one under the
 /// supervisor, which joins it and reports a panic. Spawning a task cannot
 /// fail.

@@ -31,6 +31,15 @@ use crate::workload_api::Workload;
 /// The worker kind, as it appears in the logs.
 pub const KIND: &str = "threads";
 
+/// How many items a producer's [`crate::coop::Pacer`] counts for each item
+/// it sends one by one: just that item, so a producer that never waits
+/// yields about every 33,000 items. With worker threads there is no worker
+/// on the runtime to hand the thread to, and each yield also polls the I/O
+/// driver: a unit of budget per item cost 4 producers a quarter of their
+/// throughput with 4 worker threads and a third with 1
+/// (docs/measured-results.md in the Conveyor repository).
+pub const PRODUCER_ITEM_WEIGHT: u32 = 1;
+
 /// Starts one worker thread, named `worker-<id>`, that takes items one by
 /// one under the supervisor. If the operating system refuses the thread, the
 /// supervisor counts a failed stage and stops the producers.

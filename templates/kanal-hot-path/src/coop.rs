@@ -16,7 +16,7 @@
 /// fan-in (4 producers, capacity 64, release build, medians of 9 runs), a
 /// unit every 32 items cost a fifth of the throughput, a unit every 256
 /// items nothing that stood out of the noise.
-const ITEMS_PER_BUDGET_UNIT: u32 = 256;
+pub const ITEMS_PER_BUDGET_UNIT: u32 = 256;
 
 /// Counts the items of a loop that may never wait, and says when the loop
 /// owes its task a unit of budget. Checking is a plain counter update, so it
