@@ -126,9 +126,9 @@ impl Workload for DemoWorkload {
     // compiler inlined neither the poll of an `async fn` nor that of a future
     // holding the sleep into the workers' loop. A ready future beside a boxed
     // one it does inline. In two paired runs against the bare flume loop,
-    // 4 source threads and 4 workers went from 0.82x-0.90x to 0.91x-1.21x,
-    // and 1 thread and 4 workers at capacity 1024 from 0.89x-0.93x to
-    // 1.06x-1.21x. The async-to-sync demo, tried the same way, lost a
+    // 4 source threads and 4 workers at capacity 64 went from 0.90x and
+    // 1.07x to 1.21x and 1.09x, and at capacity 1 from 0.88x and 0.82x to
+    // 0.91x and 1.07x. The async-to-sync demo, tried the same way, lost a
     // quarter with 4 producers, so it stays an `async fn`
     // (docs/measured-results.md in the Conveyor repository).
     fn process(&self, record: Record) -> impl Future<Output = anyhow::Result<()>> + Send {
